@@ -1,0 +1,70 @@
+"""The `metantk-nas` command line.
+
+Each subcommand lives in its own `harness.cmd_*` module that exposes
+`register(subparsers) -> None`; the parser it adds sets `func=callable(args) -> int`.
+`main` turns the library's expected failures (bad input: `UserError` and friends) into one
+clear line on stderr and exit status 2, never a bare traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from harness.errors import UserError
+
+# The library rooms signal bad input with these (messages name the problem and the fix).
+INPUT_ERRORS = (UserError, ValueError, KeyError, FileNotFoundError, NotADirectoryError)
+
+# Order = order in `--help`. Modules are imported when the parser is built; they keep heavy
+# imports (torch, ray) inside their command functions so `--help` stays fast.
+COMMAND_MODULES: tuple[str, ...] = (
+    "harness.cmd_space",     # genotypes, render
+    "harness.cmd_data",      # data inspect
+    "harness.cmd_kernels",   # verify-kernels
+    "harness.cmd_search",    # search
+    "harness.cmd_run",       # run, train, evaluate
+    "harness.cmd_report",    # report
+    "harness.cmd_theory",    # verify-theory
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="metantk-nas",
+        description="MetaNTK-NAS: training-free architecture search for few-shot learning, "
+        "run as a Ray Tune benchmark harness.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # command not built yet in this checkout
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except INPUT_ERRORS as exc:
+        if args.debug:
+            raise
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"metantk-nas {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"metantk-nas {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
