@@ -1,0 +1,371 @@
+"""The Parquet result store: pinned schemas, atomic idempotent writes, strict reads.
+
+Every table lives in `RESULTS_DIR/<table>/<key>.parquet` (design section 7). A writer
+chooses a key that is deterministic per unit of work (one search round, one finished
+search, one trial, ...), so a retried task rewrites the same file instead of adding a
+duplicate: Ray may run an epoch or a scoring task twice after a restart. Files are written
+to a temporary name in the same folder, fsynced and renamed, so a reader never sees half a
+file and a crash mid-write leaves the previous version intact.
+
+Schemas are pinned: writers are checked column by column (names, Python types, nulls,
+accuracy ranges) and readers refuse any file whose columns or `schema_version` differ,
+naming the file and the column. Conventions of the stored values:
+
+- accuracies (`acc_*`, `accuracy`, `final_train_acc`) are fractions in [0, 1]; `ci_*` are
+  half-widths of 95% intervals in the same unit;
+- a missing float is NaN, a missing string is "" (no nulls anywhere, so pandas dtypes are
+  stable); condition numbers may be +inf (an explicit value, never a sentinel).
+"""
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = 1
+
+_STR, _I32, _I64, _F64, _BOOL = pa.string(), pa.int32(), pa.int64(), pa.float64(), pa.bool_()
+
+
+def _schema(*fields: tuple[str, pa.DataType]) -> pa.Schema:
+    """Schema with `schema_version` first; every field is non-nullable (see module doc)."""
+    return pa.schema(
+        [pa.field("schema_version", _I32, nullable=False)]
+        + [pa.field(name, typ, nullable=False) for name, typ in fields]
+    )
+
+
+# Columns shared by the per-unit tables: which experiment / search a row belongs to.
+_RUN_KEYS = (("experiment", _STR), ("dataset", _STR), ("method", _STR), ("seed", _I64),
+             ("cells", _I32))
+
+SCHEMAS: dict[str, pa.Schema] = {
+    # One row per scored candidate (op masked on an edge) per round, repeat-averaged.
+    "candidates": _schema(
+        *_RUN_KEYS,
+        ("search_id", _STR), ("round", _I32), ("cell_type", _STR), ("edge", _I32),
+        ("op", _STR), ("repeats", _I32),
+        ("cn_origin", _F64), ("cn_pruned", _F64), ("rn_origin", _F64), ("rn_pruned", _F64),
+        ("delta_cn", _F64), ("delta_rn", _F64), ("rank_cn", _I32), ("rank_rn", _I32),
+        ("importance", _I32), ("pruned", _BOOL), ("worker", _STR), ("seconds", _F64),
+    ),
+    # One row per finished search.
+    "searches": _schema(
+        *_RUN_KEYS,
+        ("search_id", _STR), ("genotype", _STR), ("rounds", _I32), ("candidates", _I64),
+        ("wall_seconds", _F64), ("device_seconds", _F64), ("workers", _I32),
+        ("device_kind", _STR), ("params", _I64),
+    ),
+    # One row per trained and evaluated architecture (a Ray Tune trial).
+    "trials": _schema(
+        *_RUN_KEYS,
+        ("trial_id", _STR), ("search_id", _STR), ("genotype", _STR), ("params", _I64),
+        ("search_seconds", _F64), ("train_seconds", _F64), ("epochs", _I32),
+        ("final_loss", _F64), ("final_train_acc", _F64), ("ways", _I32), ("episodes", _I32),
+        ("acc_1shot", _F64), ("ci_1shot", _F64), ("acc_5shot", _F64), ("ci_5shot", _F64),
+        ("device_kind", _STR), ("config_json", _STR),
+    ),
+    # One row per evaluated few-shot episode.
+    "episodes": _schema(
+        ("experiment", _STR), ("trial_id", _STR), ("dataset", _STR), ("method", _STR),
+        ("seed", _I64), ("cells", _I32), ("ways", _I32), ("shots", _I32), ("queries", _I32),
+        ("episode", _I32), ("accuracy", _F64),
+    ),
+    # One row per sampled genotype of the proxy-quality study (issue 6).
+    "proxies": _schema(
+        ("experiment", _STR), ("dataset", _STR), ("genotype_id", _STR), ("genotype", _STR),
+        ("seed", _I64), ("cells", _I32),
+        ("cn_metantk_maml", _F64), ("cn_metantk_anil", _F64), ("cn_ntk", _F64),
+        ("regions", _F64), ("params", _I64),
+        ("acc_1shot", _F64), ("ci_1shot", _F64), ("acc_5shot", _F64), ("ci_5shot", _F64),
+        ("train_seconds", _F64),
+    ),
+}
+
+TABLES: tuple[str, ...] = tuple(SCHEMAS)
+
+# Columns holding accuracies as fractions: a value outside [0, 1] means someone wrote percent.
+_FRACTION_COLUMNS = frozenset({"acc_1shot", "acc_5shot", "accuracy", "final_train_acc"})
+
+# Keys become file names: no separators, no leading dot (temp files and `..` start with one).
+_KEY_RE = re.compile(r"^[A-Za-z0-9_=-][A-Za-z0-9_.=-]{0,199}$")
+_TMP_SUFFIX = ".tmp"
+
+
+class SchemaError(ValueError):
+    """A stored Parquet file that does not match the pinned schema (names file and columns)."""
+
+
+# ----------------------------------------------------------------------------- layout
+
+
+@dataclass(frozen=True)
+class ResultsLayout:
+    """Where everything of one experiment's results folder lives (design section 7)."""
+
+    root: Path
+    tables: Mapping[str, Path]  # table name -> folder of its Parquet files
+    cells: Path                 # rendered genotypes (*.svg, *.png)
+    plots: Path                 # figures (*.png)
+    report: Path                # report.md and CSVs written by `metantk-nas report`
+    config: Path                # resolved experiment config
+    git_sha: Path               # git commit the results were produced with
+
+    def table(self, name: str) -> Path:
+        """Folder of table `name`; KeyError listing the tables if unknown."""
+        return self.tables[_check_table(name)]
+
+
+def results_layout(results_dir: str | os.PathLike[str]) -> ResultsLayout:
+    """Paths of one results folder (nothing is created)."""
+    root = Path(results_dir)
+    return ResultsLayout(
+        root=root,
+        tables={name: root / name for name in TABLES},
+        cells=root / "cells",
+        plots=root / "plots",
+        report=root / "report",
+        config=root / "config.toml",
+        git_sha=root / "git_sha.txt",
+    )
+
+
+# ----------------------------------------------------------------------------- atomic files
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable; some platforms cannot open folders, which is harmless there."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows: directories cannot be opened; rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None]) -> Path:
+    """Call `write(binary_file)` on a temp file beside `path`, fsync, rename over `path`.
+
+    On any failure the temp file is removed and the error re-raised; `path` keeps its old
+    content (or stays absent).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TMP_SUFFIX)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write UTF-8 `text` to `path` atomically (parents created); returns the path."""
+    data = text.encode("utf-8")
+    return _atomic_write(Path(path), lambda handle: handle.write(data))
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Write `obj` as indented, key-sorted JSON atomically.
+
+    NaN/inf are refused (they are not JSON); the ValueError names the file.
+    """
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    except ValueError as exc:
+        raise ValueError(f"cannot write {path} as JSON: {exc} (replace NaN/inf by null "
+                         "or a string first)") from exc
+    return write_text_atomic(path, text)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check_table(table: str) -> str:
+    if table not in SCHEMAS:
+        raise KeyError(f"unknown results table {table!r}; valid tables: {', '.join(TABLES)}")
+    return table
+
+
+def _check_key(key: str) -> str:
+    if not isinstance(key, str) or not _KEY_RE.match(key):
+        raise ValueError(
+            f"results key {key!r} is not a safe file name: use 1-200 letters, digits and "
+            "'-', '_', '.', '=' (not starting with '.'), e.g. 'search=metantk-seed=0-round=3'"
+        )
+    return key
+
+
+def _type_name(value: Any) -> str:
+    return type(value).__name__
+
+
+def _check_value(table: str, column: str, typ: pa.DataType, row: int, value: Any) -> None:
+    """Raise ValueError naming the column unless `value` is a valid Python value for `typ`."""
+    where = f"table {table!r}, column {column!r}, row {row}"
+    if value is None or value is pd.NA or value is pd.NaT:
+        hint = "NaN" if pa.types.is_floating(typ) else "''" if pa.types.is_string(typ) else None
+        fix = f"; store a missing value as {hint}" if hint else ""
+        raise ValueError(f"{where}: null is not allowed ({typ}){fix}")
+    is_bool = isinstance(value, (bool, np.bool_))
+    if pa.types.is_boolean(typ):
+        ok = is_bool
+    elif pa.types.is_integer(typ):
+        ok = isinstance(value, numbers.Integral) and not is_bool
+    elif pa.types.is_floating(typ):
+        ok = isinstance(value, numbers.Real) and not is_bool
+    elif pa.types.is_string(typ):
+        ok = isinstance(value, str)
+    else:  # pragma: no cover - the schemas above use only these types
+        raise TypeError(f"unsupported schema type {typ} for {where}")
+    if not ok:
+        raise ValueError(f"{where}: expected {typ}, got {_type_name(value)} {value!r}")
+    if column in _FRACTION_COLUMNS and not math.isnan(value) and not 0.0 <= value <= 1.0:
+        raise ValueError(f"{where}: accuracy {value!r} outside [0, 1]; store fractions, "
+                         "not percent")
+
+
+def rows_to_table(table: str, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
+    """Validate `rows` against the pinned schema of `table` and build the Arrow table.
+
+    `schema_version` is filled in (a row may carry it only with the current value).
+    Raises KeyError for an unknown table and ValueError naming the table and the
+    missing / extra / mistyped column otherwise.
+    """
+    schema = SCHEMAS[_check_table(table)]
+    expected = [name for name in schema.names if name != "schema_version"]
+    columns: dict[str, list[Any]] = {name: [] for name in expected}
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise ValueError(f"table {table!r}, row {i}: expected a dict, got {_type_name(row)}")
+        keys = set(row)
+        if "schema_version" in keys:
+            if row["schema_version"] != SCHEMA_VERSION:
+                raise ValueError(f"table {table!r}, row {i}: schema_version "
+                                 f"{row['schema_version']!r} != {SCHEMA_VERSION}; leave it out")
+            keys.discard("schema_version")
+        missing = [c for c in expected if c not in keys]
+        extra = sorted(keys.difference(expected))
+        if missing or extra:
+            parts = ([f"missing columns {missing}"] if missing else []) + (
+                [f"unexpected columns {extra}"] if extra else [])
+            raise ValueError(f"table {table!r}, row {i}: {'; '.join(parts)}; the pinned "
+                             f"columns are {expected}")
+        for name in expected:
+            columns[name].append(row[name])
+    arrays = [pa.array([SCHEMA_VERSION] * len(rows), type=_I32)]
+    for name in expected:
+        typ = schema.field(name).type
+        values = columns[name]
+        for i, value in enumerate(values):
+            _check_value(table, name, typ, i, value)
+        try:
+            arrays.append(pa.array(values, type=typ))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
+            raise ValueError(f"table {table!r}, column {name!r}: cannot store as {typ}: "
+                             f"{exc}") from exc
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+# ----------------------------------------------------------------------------- write / read
+
+
+def table_path(results_dir: str | os.PathLike[str], table: str, key: str) -> Path:
+    """`results_dir/<table>/<key>.parquet` after checking the table and the key."""
+    return results_layout(results_dir).table(table) / f"{_check_key(key)}.parquet"
+
+
+def write_rows(results_dir: str | os.PathLike[str], table: str, key: str,
+               rows: Sequence[Mapping[str, Any]]) -> Path:
+    """Validate `rows` and write them atomically as `results_dir/<table>/<key>.parquet`.
+
+    Idempotent per key: writing the same key again replaces the file (no duplicate rows).
+    An empty `rows` writes a valid zero-row file. Returns the file's path.
+    """
+    path = table_path(results_dir, table, key)
+    arrow = rows_to_table(table, rows)
+    return _atomic_write(path, lambda handle: pq.write_table(arrow, handle))
+
+
+def delete_rows(results_dir: str | os.PathLike[str], table: str, key: str) -> bool:
+    """Remove the file of `key` in `table`; returns whether a file was there."""
+    path = table_path(results_dir, table, key)
+    existed = path.exists()
+    path.unlink(missing_ok=True)
+    return existed
+
+
+def table_files(results_dir: str | os.PathLike[str], table: str) -> list[Path]:
+    """The Parquet files of `table`, sorted by file name (temp files are ignored)."""
+    folder = results_layout(results_dir).table(table)
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.glob("*.parquet") if not p.name.startswith(".")),
+                  key=lambda p: p.name)
+
+
+def _read_file(path: Path, table: str, schema: pa.Schema) -> pa.Table:
+    """Read one file and check it against the pinned schema; SchemaError otherwise."""
+    try:
+        found = pq.read_schema(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise SchemaError(f"{path}: not a readable Parquet file of table {table!r} ({exc}); "
+                          "delete it and rerun the step that writes it") from exc
+    missing = [n for n in schema.names if n not in found.names]
+    extra = [n for n in found.names if n not in schema.names]
+    if missing or extra:
+        parts = ([f"missing columns {missing}"] if missing else []) + (
+            [f"unexpected columns {extra}"] if extra else [])
+        raise SchemaError(f"{path}: {'; '.join(parts)} for table {table!r} (schema version "
+                          f"{SCHEMA_VERSION}); it was written by another version, rerun the "
+                          "step that writes it")
+    wrong = [f"{f.name} ({found.field(f.name).type}, expected {f.type})" for f in schema
+             if found.field(f.name).type != f.type]
+    if wrong:
+        raise SchemaError(f"{path}: wrong column types for table {table!r}: {', '.join(wrong)}")
+    data = pq.read_table(path, schema=schema)
+    versions = set(data.column("schema_version").to_pylist())
+    if versions - {SCHEMA_VERSION}:
+        raise SchemaError(f"{path}: column 'schema_version' holds {sorted(versions)}, this "
+                          f"code reads version {SCHEMA_VERSION}; rerun the step that writes it")
+    if data.num_rows and any(data.column(n).null_count for n in schema.names):
+        nulls = [n for n in schema.names if data.column(n).null_count]
+        raise SchemaError(f"{path}: null values in columns {nulls} of table {table!r}")
+    return data
+
+
+def read_table(results_dir: str | os.PathLike[str], table: str) -> pd.DataFrame:
+    """All rows of `table` under `results_dir` as a DataFrame with the pinned dtypes.
+
+    Row order is deterministic: files sorted by name, rows in file order. No files ->
+    an empty DataFrame with the same columns and dtypes. A file that does not match the
+    schema raises SchemaError naming the file and the column(s).
+    """
+    schema = SCHEMAS[_check_table(table)]
+    parts = [_read_file(path, table, schema) for path in table_files(results_dir, table)]
+    data = pa.concat_tables(parts) if parts else schema.empty_table()
+    return data.to_pandas()
+
+
+def has_parquet(results_dir: str | os.PathLike[str]) -> bool:
+    """Whether any table of `results_dir` has at least one Parquet file."""
+    return any(table_files(results_dir, name) for name in TABLES)
