@@ -1,0 +1,45 @@
+"""`metantk-nas report RESULTS_DIR`: print and write the result tables from the Parquet files."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `report` command."""
+    parser = subparsers.add_parser(
+        "report",
+        help="print and write Table 1 / Table 2 / proxy correlations from a results folder",
+        description="Read the Parquet tables (candidates, searches, trials, episodes, proxies) "
+        "of one results folder and print Markdown tables: Table 1 (method x cells: params, "
+        "search cost, 1-shot and 5-shot mean ± 95%% CI over seeds), the Table-2 ablation "
+        "(difference to the random method) and, when the proxy study was run, the rank "
+        "correlation of each training-free proxy with accuracy. Unless --no-write, report.md "
+        "and CSVs are written atomically to RESULTS_DIR/report/ (or --out).",
+    )
+    parser.add_argument("results_dir", type=Path, metavar="RESULTS_DIR",
+                        help="folder written by `metantk-nas run`, e.g. results/smoke")
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="where to write report.md and the CSVs (default RESULTS_DIR/report)")
+    parser.add_argument("--no-write", action="store_true",
+                        help="only print the tables, write nothing")
+    parser.add_argument("--n-boot", type=int, default=1000, metavar="B",
+                        help="bootstrap resamples for the correlation intervals (default 1000)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the bootstrap resampling (default 0)")
+    parser.set_defaults(func=run_report)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """Print the Markdown report and, unless --no-write, the paths written."""
+    from harness.report import build_report, write_report
+
+    if args.no_write:
+        print(build_report(args.results_dir, n_boot=args.n_boot, seed=args.seed).markdown)
+        return 0
+    files = write_report(args.results_dir, args.out, n_boot=args.n_boot, seed=args.seed)
+    print(files.markdown)
+    print("Written:")
+    for path in files.values():
+        print(f"  {path}")
+    return 0

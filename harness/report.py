@@ -1,0 +1,520 @@
+"""Result tables from the Parquet store: Table 1, the Table-2 ablation, proxy correlations.
+
+The table functions are pure (DataFrames in, DataFrames out) so they can be tested on
+hand-made rows; `build_report` / `write_report` read a results folder through
+`harness.store` and render Markdown and CSV.
+
+Aggregation over seeds (paper Table 1 reports mean ± std over 3 runs; we report a 95%
+interval instead, which is what the number means to a reader): each seed's accuracy is the
+mean over that trial's episodes; the table shows the mean of the per-seed means and, with
+>= 2 seeds, the 95% Student-t half-width across seeds, t_{0.975, n-1} * s / sqrt(n).
+With one seed the only uncertainty we have is the trial's own 95% episode interval, which
+is shown instead and marked (column `ci_*_kind` = "episodes", a dagger in Markdown).
+Accuracies are fractions in [0, 1] in DataFrames and CSVs and percent in Markdown.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from harness import store
+
+# Display order of the methods (design section 5); unknown methods follow alphabetically.
+METHOD_ORDER: tuple[str, ...] = ("metantk", "tenas", "regions", "cn-only", "random", "metanas")
+BASELINE_METHOD = "random"
+
+# Proxy column -> whether a larger raw value predicts a better architecture. Condition
+# numbers: lower is better (paper Sec. 5), so they are negated (inf = worst); linear regions:
+# more is better (TE-NAS).
+PROXIES: dict[str, bool] = {
+    "cn_metantk_maml": False,
+    "cn_metantk_anil": False,
+    "cn_ntk": False,
+    "regions": True,
+}
+TARGETS: tuple[str, ...] = ("acc_1shot", "acc_5shot")
+SHOTS: tuple[str, ...] = ("1shot", "5shot")
+
+CI_SEEDS = "seeds"        # 95% t-interval across seeds
+CI_EPISODES = "episodes"  # one seed: the trial's own 95% episode interval
+CI_NONE = "none"          # no finite value
+
+_TRIAL_COLUMNS = ("dataset", "method", "cells", "seed", "acc_1shot", "ci_1shot",
+                  "acc_5shot", "ci_5shot")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _require(frame: pd.DataFrame, columns: Iterable[str], what: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{what} lacks columns {missing}; pass the DataFrame from "
+                         f"harness.store.read_table (columns: {list(frame.columns)})")
+
+
+def _method_key(method: str) -> tuple[int, str]:
+    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+
+
+def t_halfwidth(values: Sequence[float] | np.ndarray, confidence: float = 0.95) -> float:
+    """Half-width of the Student-t interval of the mean of `values` (n >= 2), else NaN.
+
+    values: (n,) finite floats. Returns t_{(1+confidence)/2, n-1} * std(ddof=1) / sqrt(n).
+    """
+    x = np.asarray(values, dtype=np.float64)
+    n = x.size
+    if n < 2:
+        return math.nan
+    t = stats.t.ppf(0.5 + confidence / 2.0, n - 1)
+    return float(t * x.std(ddof=1) / math.sqrt(n))
+
+
+@dataclass(frozen=True)
+class SeedSummary:
+    """Mean over seeds with its interval; `kind` says which interval `ci` is."""
+
+    n: int
+    mean: float
+    ci: float
+    kind: str
+
+
+def summarize_seeds(means: np.ndarray, episode_cis: np.ndarray) -> SeedSummary:
+    """Aggregate per-seed accuracies.
+
+    means, episode_cis: (n_seeds,). Non-finite means (an evaluation that did not run) are
+    left out. >= 2 seeds: t-interval across seeds; one seed: its episode interval.
+    """
+    means = np.asarray(means, dtype=np.float64)
+    cis = np.asarray(episode_cis, dtype=np.float64)
+    ok = np.isfinite(means)
+    n = int(ok.sum())
+    if n == 0:
+        return SeedSummary(0, math.nan, math.nan, CI_NONE)
+    if n == 1:
+        return SeedSummary(1, float(means[ok][0]), float(cis[ok][0]), CI_EPISODES)
+    return SeedSummary(n, float(means[ok].mean()), t_halfwidth(means[ok]), CI_SEEDS)
+
+
+def _per_seed(trials: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """One row per (keys..., seed): several trials of one seed are averaged first."""
+    cols = ["acc_1shot", "ci_1shot", "acc_5shot", "ci_5shot"]
+    extra = ["params"] if "params" in trials.columns else []
+    return (trials.groupby(keys + ["seed"], sort=False)[cols + extra]
+            .mean().reset_index())
+
+
+def _sorted(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Rows sorted by `keys`, methods in METHOD_ORDER (deterministic for equal inputs)."""
+
+    def sort_key(i: int) -> tuple:
+        row = frame.iloc[i]
+        return tuple(_method_key(row[k]) if k == "method" else row[k] for k in keys)
+
+    order = sorted(range(len(frame)), key=sort_key)
+    return frame.iloc[order].reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- Table 1
+
+
+def table1(trials: pd.DataFrame, searches: pd.DataFrame) -> pd.DataFrame:
+    """Table-1-style summary, one row per (dataset, method, cells).
+
+    Columns: dataset, method, cells, seeds, params_m (mean parameters / 1e6),
+    search_device_seconds (mean over seeds of the searches' device seconds, joined on
+    experiment + search_id; NaN when no search row matches, e.g. fixed genotypes),
+    acc_1shot, ci_1shot, ci_1shot_kind, acc_5shot, ci_5shot, ci_5shot_kind.
+    """
+    _require(trials, _TRIAL_COLUMNS + ("params", "search_id"), "trials table")
+    trials = trials.copy()
+    trials["search_device_seconds"] = _search_seconds(trials, searches)
+    keys = ["dataset", "method", "cells"]
+    rows = []
+    for group, frame in trials.groupby(keys, sort=False):
+        seeds = _per_seed(frame, keys)
+        search = frame.groupby("seed")["search_device_seconds"].mean()
+        row = dict(zip(keys, group))
+        row["seeds"] = int(frame["seed"].nunique())
+        row["params_m"] = float(frame["params"].mean()) / 1e6
+        row["search_device_seconds"] = (float(search.mean()) if search.notna().any()
+                                        else math.nan)
+        for shot in SHOTS:
+            s = summarize_seeds(seeds[f"acc_{shot}"].to_numpy(), seeds[f"ci_{shot}"].to_numpy())
+            row |= {f"acc_{shot}": s.mean, f"ci_{shot}": s.ci, f"ci_{shot}_kind": s.kind}
+        rows.append(row)
+    columns = keys + ["seeds", "params_m", "search_device_seconds", "acc_1shot", "ci_1shot",
+                      "ci_1shot_kind", "acc_5shot", "ci_5shot", "ci_5shot_kind"]
+    return _sorted(pd.DataFrame(rows, columns=columns), ["dataset", "cells", "method"])
+
+
+def _search_seconds(trials: pd.DataFrame, searches: pd.DataFrame) -> pd.Series:
+    """Device seconds of each trial's search (NaN when its search_id has no row)."""
+    if searches is None or searches.empty:
+        return pd.Series(math.nan, index=trials.index, dtype="float64")
+    _require(searches, ("search_id", "device_seconds"), "searches table")
+    shared = set(trials.columns) & set(searches.columns)
+    on = ["experiment", "search_id"] if "experiment" in shared else ["search_id"]
+    # One row per search (a rewritten search replaces its file, but be robust to repeats).
+    cost = searches.groupby(on, sort=False)["device_seconds"].mean().reset_index()
+    joined = trials[on].merge(cost, on=on, how="left")  # left merge keeps the trials' order
+    return pd.Series(joined["device_seconds"].to_numpy(dtype=np.float64), index=trials.index)
+
+
+# ----------------------------------------------------------------------------- Table 2
+
+
+def table2(trials: pd.DataFrame) -> pd.DataFrame:
+    """Ablation per (dataset, cells): one row per method with mean ± CI and Δ vs `random`.
+
+    Columns: dataset, cells, method, seeds, acc_1shot, ci_1shot, ci_1shot_kind,
+    delta_1shot, delta_1shot_ci, and the same for 5-shot. delta = method mean - random mean
+    (NaN without a `random` row); delta_ci = 95% t half-width of the paired per-seed
+    differences over the seeds both methods share (same seed = same episodes), NaN with
+    fewer than 2 shared seeds.
+    """
+    _require(trials, _TRIAL_COLUMNS, "trials table")
+    keys = ["dataset", "cells"]
+    rows = []
+    for group, frame in trials.groupby(keys, sort=False):
+        seeds = _per_seed(frame, keys + ["method"])
+        by_method = {m: f.set_index("seed") for m, f in seeds.groupby("method", sort=False)}
+        base = by_method.get(BASELINE_METHOD)
+        for method, f in by_method.items():
+            row = dict(zip(keys, group)) | {"method": method, "seeds": int(len(f))}
+            for shot in SHOTS:
+                s = summarize_seeds(f[f"acc_{shot}"].to_numpy(), f[f"ci_{shot}"].to_numpy())
+                row |= {f"acc_{shot}": s.mean, f"ci_{shot}": s.ci, f"ci_{shot}_kind": s.kind}
+                row |= _delta(f, base, shot)
+            rows.append(row)
+    columns = keys + ["method", "seeds"] + [
+        c for shot in SHOTS for c in (f"acc_{shot}", f"ci_{shot}", f"ci_{shot}_kind",
+                                      f"delta_{shot}", f"delta_{shot}_ci")]
+    return _sorted(pd.DataFrame(rows, columns=columns), ["dataset", "cells", "method"])
+
+
+def _delta(method: pd.DataFrame, base: pd.DataFrame | None, shot: str) -> dict[str, float]:
+    """Difference to the baseline's mean, with a paired t-interval over shared seeds."""
+    col = f"acc_{shot}"
+    if base is None:
+        return {f"delta_{shot}": math.nan, f"delta_{shot}_ci": math.nan}
+    a = method[col][np.isfinite(method[col])]
+    b = base[col][np.isfinite(base[col])]
+    delta = float(a.mean() - b.mean()) if len(a) and len(b) else math.nan
+    shared = a.index.intersection(b.index)
+    diffs = (a.loc[shared] - b.loc[shared]).to_numpy()
+    return {f"delta_{shot}": delta, f"delta_{shot}_ci": t_halfwidth(diffs)}
+
+
+# ----------------------------------------------------------------------------- correlations
+
+
+def _tau_b_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Kendall tau-b per row. x, y: (B, n) -> (B,), NaN for a constant row.
+
+    tau_b = sum_ij sign(dx) sign(dy) / sqrt(sum_ij sign(dx)^2 * sum_ij sign(dy)^2), the
+    tie-corrected form scipy.stats.kendalltau uses (pairs counted twice in every sum).
+    """
+    b, n = x.shape
+    out = np.empty(b, dtype=np.float64)
+    chunk = max(1, 2_000_000 // max(1, n * n))  # bound the (chunk, n, n) temporaries
+    for lo in range(0, b, chunk):
+        sx = np.sign(x[lo:lo + chunk, :, None] - x[lo:lo + chunk, None, :])
+        sy = np.sign(y[lo:lo + chunk, :, None] - y[lo:lo + chunk, None, :])
+        num = (sx * sy).sum(axis=(1, 2))
+        den = np.sqrt((sx * sx).sum(axis=(1, 2)) * (sy * sy).sum(axis=(1, 2)))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[lo:lo + chunk] = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+    return out
+
+
+def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman rho per row (Pearson of average ranks). x, y: (B, n) -> (B,), NaN if constant."""
+    rx = stats.rankdata(x, axis=1)
+    ry = stats.rankdata(y, axis=1)
+    rx -= rx.mean(axis=1, keepdims=True)
+    ry -= ry.mean(axis=1, keepdims=True)
+    num = (rx * ry).sum(axis=1)
+    den = np.sqrt((rx * rx).sum(axis=1) * (ry * ry).sum(axis=1))
+    return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def _percentiles(samples: np.ndarray) -> tuple[float, float]:
+    """2.5th and 97.5th percentiles of the finite bootstrap values (NaN if none)."""
+    finite = samples[np.isfinite(samples)]
+    if finite.size == 0:
+        return math.nan, math.nan
+    lo, hi = np.percentile(finite, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def proxy_scores(values: pd.Series | np.ndarray, higher_is_better: bool) -> np.ndarray:
+    """Ranks of a proxy, oriented so that a higher rank predicts a better architecture.
+
+    values: (n,) finite or +-inf (an infinite condition number ranks worst). Ties get the
+    average rank. Rank correlations are invariant to this monotone map, and ranks, unlike
+    -inf, can be subtracted in the bootstrap.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    return stats.rankdata(v if higher_is_better else -v)
+
+
+def correlation_table(proxies: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Rank correlation of each training-free proxy with few-shot accuracy, per dataset.
+
+    For every proxy column present (PROXIES) and target (acc_1shot, acc_5shot): Kendall tau-b
+    and Spearman rho (scipy.stats) between the oriented proxy (see `proxy_scores`) and the
+    accuracy, with 95% percentile-bootstrap intervals from `n_boot` row resamples drawn by
+    `numpy.random.default_rng(seed)`. Rows with a NaN proxy or accuracy are left out (`n`
+    counts the rest; `n_inf` the infinite proxy values kept as worst).
+    """
+    if n_boot < 0:
+        raise ValueError(f"n_boot must be >= 0, got {n_boot}")
+    _require(proxies, ("dataset",) + TARGETS, "proxies table")
+    present = [p for p in PROXIES if p in proxies.columns]
+    if not present:
+        raise ValueError(f"proxies table has none of the proxy columns {list(PROXIES)}")
+    rng = np.random.default_rng(seed)
+    rows = []
+    for dataset, frame in proxies.groupby("dataset", sort=True):
+        for proxy in present:
+            for target in TARGETS:
+                rows.append({"dataset": dataset, "proxy": proxy, "target": target,
+                             "orientation": "higher is better" if PROXIES[proxy]
+                             else "lower is better (negated)"}
+                            | _correlate(frame[proxy].to_numpy(dtype=np.float64),
+                                         frame[target].to_numpy(dtype=np.float64),
+                                         PROXIES[proxy], n_boot, rng))
+    columns = ["dataset", "proxy", "target", "orientation", "n", "n_inf", "kendall_tau",
+               "kendall_lo", "kendall_hi", "spearman_rho", "spearman_lo", "spearman_hi"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _correlate(proxy: np.ndarray, acc: np.ndarray, higher_is_better: bool, n_boot: int,
+               rng: np.random.Generator) -> dict[str, float | int]:
+    """Point estimates and bootstrap intervals for one (proxy, target) pair."""
+    keep = ~np.isnan(proxy) & ~np.isnan(acc)
+    score = proxy_scores(proxy[keep], higher_is_better)
+    y = acc[keep]
+    n = int(keep.sum())
+    out: dict[str, float | int] = {"n": n, "n_inf": int(np.isinf(proxy[keep]).sum())}
+    constant = n < 2 or np.ptp(score) == 0 or np.ptp(y) == 0
+    # scipy warns and returns NaN on constant input; say NaN directly instead.
+    out["kendall_tau"] = math.nan if constant else float(stats.kendalltau(score, y).statistic)
+    out["spearman_rho"] = math.nan if constant else float(stats.spearmanr(score, y).statistic)
+    if n >= 2 and n_boot > 0:
+        idx = rng.integers(0, n, size=(n_boot, n))
+        out["kendall_lo"], out["kendall_hi"] = _percentiles(_tau_b_rows(score[idx], y[idx]))
+        out["spearman_lo"], out["spearman_hi"] = _percentiles(_spearman_rows(score[idx], y[idx]))
+    else:
+        out |= {"kendall_lo": math.nan, "kendall_hi": math.nan,
+                "spearman_lo": math.nan, "spearman_hi": math.nan}
+    return out
+
+
+# ----------------------------------------------------------------------------- Markdown
+
+
+def format_seconds(seconds: float) -> str:
+    """Human duration: '45.0 s', '12.3 min', '1.54 h'; '–' for NaN."""
+    if seconds is None or not math.isfinite(seconds):
+        return "–"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+def format_acc(mean: float, ci: float, kind: str = CI_SEEDS) -> str:
+    """'62.00 ± 4.97' in percent; a dagger marks an episode interval (one seed)."""
+    if not math.isfinite(mean):
+        return "–"
+    text = f"{100 * mean:.2f}" + (f" ± {100 * ci:.2f}" if math.isfinite(ci) else "")
+    return text + (" †" if kind == CI_EPISODES else "")
+
+
+def format_delta(delta: float, ci: float) -> str:
+    """'+1.33 ± 0.80' percentage points; '–' when undefined."""
+    if not math.isfinite(delta):
+        return "–"
+    return f"{100 * delta:+.2f}" + (f" ± {100 * ci:.2f}" if math.isfinite(ci) else "")
+
+
+def _fmt_corr(value: float, lo: float, hi: float) -> str:
+    if not math.isfinite(value):
+        return "–"
+    return f"{value:+.3f}" + (f" [{lo:+.3f}, {hi:+.3f}]" if math.isfinite(lo) else "")
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]],
+                   align: str | None = None) -> str:
+    """A GitHub-flavoured Markdown table; align: one 'l'/'r' per column (default left)."""
+    align = align or "l" * len(headers)
+    if len(align) != len(headers):
+        raise ValueError(f"align {align!r} needs one letter per column ({len(headers)})")
+
+    def cell(value: object) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    rule = ["---:" if a == "r" else "---" for a in align]
+    lines = ["| " + " | ".join(map(cell, headers)) + " |", "| " + " | ".join(rule) + " |"]
+    lines += ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+_DAGGER_NOTE = ("± is the 95% t-interval across seeds of the per-seed episode means; † marks "
+                "a single seed, where ± is that trial's own 95% interval over episodes.")
+
+
+def table1_markdown(t1: pd.DataFrame) -> str:
+    """Markdown of `table1` (accuracies in percent)."""
+    rows = [(r.dataset, r.method, r.cells, r.seeds, f"{r.params_m:.2f}",
+             format_seconds(r.search_device_seconds),
+             format_acc(r.acc_1shot, r.ci_1shot, r.ci_1shot_kind),
+             format_acc(r.acc_5shot, r.ci_5shot, r.ci_5shot_kind)) for r in t1.itertuples()]
+    return markdown_table(["dataset", "method", "cells", "seeds", "params (M)",
+                           "search (device time)", "1-shot (%)", "5-shot (%)"], rows,
+                          "lllrrrrr") + "\n\n" + _DAGGER_NOTE
+
+
+def table2_markdown(t2: pd.DataFrame) -> str:
+    """Markdown of `table2` (percent; Δ in percentage points vs `random`)."""
+    rows = [(r.dataset, r.cells, r.method, r.seeds,
+             format_acc(r.acc_1shot, r.ci_1shot, r.ci_1shot_kind),
+             format_delta(r.delta_1shot, r.delta_1shot_ci),
+             format_acc(r.acc_5shot, r.ci_5shot, r.ci_5shot_kind),
+             format_delta(r.delta_5shot, r.delta_5shot_ci)) for r in t2.itertuples()]
+    return markdown_table(["dataset", "cells", "method", "seeds", "1-shot (%)",
+                           f"Δ 1-shot vs {BASELINE_METHOD}", "5-shot (%)",
+                           f"Δ 5-shot vs {BASELINE_METHOD}"], rows, "llrrrrrr") + (
+        "\n\n" + _DAGGER_NOTE + f" Δ: difference of means to `{BASELINE_METHOD}` in "
+        "percentage points, ± a paired 95% t-interval over shared seeds (same seed = same "
+        "episodes) when there are at least two.")
+
+
+def correlations_markdown(corr: pd.DataFrame) -> str:
+    """Markdown of `correlation_table`."""
+    rows = [(r.dataset, r.proxy, r.orientation, r.target, r.n, r.n_inf,
+             _fmt_corr(r.kendall_tau, r.kendall_lo, r.kendall_hi),
+             _fmt_corr(r.spearman_rho, r.spearman_lo, r.spearman_hi))
+            for r in corr.itertuples()]
+    return markdown_table(["dataset", "proxy", "orientation", "target", "n", "inf",
+                           "Kendall τ [95% CI]", "Spearman ρ [95% CI]"], rows,
+                          "llllrrrr") + (
+        "\n\nProxies are oriented so that a positive correlation means the proxy ranks "
+        "better-performing architectures higher (condition numbers negated; an infinite "
+        "condition number ranks worst). Intervals: percentile bootstrap over architectures.")
+
+
+def searches_markdown(searches: pd.DataFrame) -> str:
+    """Markdown list of finished searches (cost per search)."""
+    frame = _sorted(searches, ["dataset", "cells", "method", "seed"])
+    rows = [(r.dataset, r.method, r.seed, r.cells, r.rounds, r.candidates, r.workers,
+             r.device_kind or "–", format_seconds(r.device_seconds),
+             format_seconds(r.wall_seconds)) for r in frame.itertuples()]
+    return markdown_table(["dataset", "method", "seed", "cells", "rounds", "candidates",
+                           "workers", "device", "device time", "wall time"], rows,
+                          "llrrrrrlrr")
+
+
+# ----------------------------------------------------------------------------- report
+
+
+@dataclass(frozen=True)
+class Report:
+    """A rendered report: Markdown text, the tables behind it, and the figures found."""
+
+    markdown: str
+    tables: Mapping[str, pd.DataFrame] = field(default_factory=dict)  # csv stem -> table
+    figures: tuple[Path, ...] = ()
+
+
+class ReportFiles(dict[str, Path]):
+    """`write_report`'s result: file name -> written path, plus the Markdown text."""
+
+    def __init__(self, paths: Mapping[str, Path], markdown: str) -> None:
+        super().__init__(paths)
+        self.markdown = markdown
+
+
+def _figures(layout: store.ResultsLayout) -> tuple[Path, ...]:
+    found = sorted(layout.plots.glob("*.png")) + sorted(layout.cells.glob("*.svg"))
+    return tuple(found)
+
+
+def build_report(results_dir: str | os.PathLike[str], *, n_boot: int = 1000,
+                 seed: int = 0, link_base: str | os.PathLike[str] | None = None) -> Report:
+    """Read the Parquet tables of `results_dir` and render the report (writes nothing).
+
+    link_base: folder the Markdown's figure links are relative to (default: the report
+    folder). Raises FileNotFoundError for a missing folder and ValueError when it holds no
+    Parquet table at all.
+    """
+    layout = store.results_layout(results_dir)
+    root = layout.root
+    if not root.is_dir():
+        raise FileNotFoundError(f"results folder {root} does not exist; run `metantk-nas run "
+                                "EXPERIMENT.toml` first and pass the folder it writes "
+                                "(results/<experiment>)")
+    if not store.has_parquet(root):
+        raise ValueError(f"no Parquet results under {root} (expected {', '.join(store.TABLES)} "
+                         "folders); run `metantk-nas run EXPERIMENT.toml` first")
+    data = {name: store.read_table(root, name) for name in store.TABLES}
+    counts = ", ".join(f"{name} {len(frame)}" for name, frame in data.items())
+    experiments = sorted(set().union(*(set(f["experiment"]) for f in data.values())))
+    parts = [f"# Results: {root.name}", "",
+             f"Folder: `{root}`. Experiment(s): {', '.join(experiments) or '–'}. "
+             f"Rows: {counts}."]
+    tables: dict[str, pd.DataFrame] = {}
+    trials, searches = data["trials"], data["searches"]
+    if trials.empty:
+        parts += ["", "## Table 1", "", "_No `trials` rows: Tables 1 and 2 need trained and "
+                  "evaluated architectures (`metantk-nas run` or `metantk-nas train`)._"]
+    else:
+        tables["table1"] = table1(trials, searches)
+        tables["table2"] = table2(trials)
+        parts += ["", "## Table 1: searched cells, few-shot accuracy", "",
+                  table1_markdown(tables["table1"]),
+                  "", "## Table 2: ablation (search method)", "",
+                  table2_markdown(tables["table2"])]
+    if not searches.empty:
+        parts += ["", "## Searches", "", searches_markdown(searches)]
+    if not data["proxies"].empty:
+        tables["correlations"] = correlation_table(data["proxies"], n_boot=n_boot, seed=seed)
+        parts += ["", "## Proxy quality: rank correlation with few-shot accuracy", "",
+                  correlations_markdown(tables["correlations"])]
+    else:
+        parts += ["", "_No `proxies` rows: the correlation study "
+                  "(experiments/correlation_omniglot.toml) has not been run here._"]
+    figures = _figures(layout)
+    base = Path(link_base) if link_base is not None else layout.report
+    if figures:
+        parts += ["", "## Figures", ""]
+        parts += [f"- [`{f.relative_to(root).as_posix()}`]"
+                  f"({Path(os.path.relpath(f, base)).as_posix()})" for f in figures]
+    return Report(markdown="\n".join(parts) + "\n", tables=tables, figures=figures)
+
+
+def write_report(results_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None,
+                 *, n_boot: int = 1000, seed: int = 0) -> ReportFiles:
+    """Write report.md and one CSV per table (table1, table2, correlations) atomically.
+
+    out_dir defaults to `results_dir/report/`. Returns file name -> path, with the Markdown
+    text in `.markdown`.
+    """
+    out = Path(out_dir) if out_dir is not None else store.results_layout(results_dir).report
+    report = build_report(results_dir, n_boot=n_boot, seed=seed, link_base=out)
+    paths = {"report.md": store.write_text_atomic(out / "report.md", report.markdown)}
+    for stem, frame in report.tables.items():
+        paths[f"{stem}.csv"] = store.write_text_atomic(out / f"{stem}.csv",
+                                                       frame.to_csv(index=False))
+    return ReportFiles(paths, report.markdown)
