@@ -1,0 +1,90 @@
+"""`metantk-nas search EXPERIMENT.toml`: run every search of an experiment on a scorer pool."""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_common_experiment_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("experiment", help="experiment TOML file (see experiments/)")
+    p.add_argument("--workers", type=int, default=None, help="scorer actors (default: one per GPU, else per CPU)")
+    p.add_argument("--address", default=None,
+                   help="Ray address: 'auto' attaches to a running cluster (default: start a local Ray; "
+                        "RAY_ADDRESS is honoured)")
+    p.add_argument("--out", default=None, help="results root (default: [experiment] out, usually results/)")
+    p.add_argument("--root", default=None, help="dataset root folder (overrides [dataset] root)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all cores)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def load_experiment(args: argparse.Namespace) -> Any:
+    from harness.config import load_config
+
+    overrides = {
+        "experiment": {"out": args.out},
+        "dataset": {"root": args.root},
+        "resources": {"workers": args.workers, "address": args.address, "num_cpus": args.num_cpus},
+    }
+    return load_config(args.experiment, overrides)
+
+
+def write_run_metadata(cfg: Any) -> None:
+    """The resolved config and the git SHA of the code, next to the results."""
+    import subprocess
+    from pathlib import Path
+
+    from harness import store
+    from harness.config import to_toml
+
+    store.write_text_atomic(cfg.results_dir / "config.toml", to_toml(cfg))
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                             cwd=Path(__file__).resolve().parent).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True,
+                               cwd=Path(__file__).resolve().parent).stdout.strip()
+        sha += "-dirty" if dirty else ""
+    except (OSError, subprocess.CalledProcessError):
+        sha = "unknown (not a git checkout)"
+    store.write_text_atomic(cfg.results_dir / "git_sha.txt", sha + "\n")
+
+
+def start_pool(cfg: Any) -> Any:
+    from harness.ray_session import ensure_ray
+    from harness.scorers import ScorerPool
+
+    ensure_ray(cfg.resources.address, cfg.resources.num_cpus)
+    return ScorerPool(cfg.resources.workers, cfg.resources.gpus_per_worker)
+
+
+def run_search_stage(cfg: Any, *, resume: bool, progress: bool) -> list[dict]:
+    from harness.config import PRUNING_METHODS
+    from harness.search import run_searches
+
+    pool = start_pool(cfg) if any(m in PRUNING_METHODS for m in cfg.search.methods) else None
+    try:
+        return run_searches(cfg, pool, resume=resume, progress=progress)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    cfg = load_experiment(args)
+    write_run_metadata(cfg)
+    rows = run_search_stage(cfg, resume=args.resume, progress=not args.no_progress)
+    print(f"\n{len(rows)} searches -> {cfg.results_dir}")
+    for row in rows:
+        print(f"  {row['search_id']:<40} {row['rounds']} rounds  {row['device_seconds']:8.1f} device-s  "
+              f"{row['genotype']}")
+    print(f"cells rendered in {cfg.results_dir / 'cells'}")
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("search", help="run the architecture searches of an experiment",
+                       description="Run Algorithm 1 (MetaNTK-NAS pruning) for every (method, seed, cells) of "
+                                   "the experiment on a pool of Ray scorer actors; writes Parquet tables "
+                                   "candidates/ and searches/, and renders the cells.")
+    add_common_experiment_args(p)
+    p.add_argument("--resume", action="store_true", help="continue from the last finished round")
+    p.set_defaults(func=cmd_search)

@@ -1,0 +1,133 @@
+"""The scorer pool: Ray actors that each own one GPU (or one CPU slot) and score masks.
+
+Built once per run and reused by every round of every search: each actor keeps one
+`harness.scoring.Scorer` per `ScoreSpec` (supernet, thin supernet and dataset built once),
+so only masks, keys and scores travel. Candidates of concurrent searches share the pool.
+Scores are pure functions of their inputs, so Ray's actor restarts and task retries are safe:
+a killed actor is restarted and its in-flight jobs rerun with identical results.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable, Sequence
+
+import numpy as np
+import ray
+
+from harness.scoring import Score, ScoreSpec
+
+MAX_RESTARTS = 4
+MAX_TASK_RETRIES = 4
+IN_FLIGHT_PER_ACTOR = 2  # one running, one queued: hides the round trip
+
+
+@dataclass(frozen=True)
+class Job:
+    """Score `items` (ids with (2,9,7) masks) of one spec under one key (search, round, repeat)."""
+
+    spec: ScoreSpec
+    key: tuple
+    measures: tuple[str, ...]
+    items: tuple[tuple[Hashable, np.ndarray], ...]
+
+
+@ray.remote
+class ScorerActor:
+    def __init__(self, index: int) -> None:
+        import torch
+
+        self.index = index
+        gpu_ids = ray.get_gpu_ids()
+        # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU: it is device 0 here.
+        self.device = torch.device("cuda", 0) if gpu_ids and torch.cuda.is_available() else torch.device("cpu")
+        self.label = f"{socket.gethostname()}:{self.device.type}{gpu_ids[0] if gpu_ids else ''}#{index}"
+        self._scorers: dict[ScoreSpec, Any] = {}
+
+    def info(self) -> dict[str, Any]:
+        import torch
+
+        kind = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+        return {"pid": os.getpid(), "label": self.label, "device_kind": kind}
+
+    def score(self, job: Job) -> tuple[str, list[tuple[Hashable, Score]]]:
+        from harness.scoring import Scorer
+
+        scorer = self._scorers.get(job.spec)
+        if scorer is None:
+            scorer = self._scorers[job.spec] = Scorer(job.spec, self.device)
+        return self.label, [(ident, scorer.score(masks, job.key, job.measures)) for ident, masks in job.items]
+
+
+def plan_workers(requested: int, gpus_per_worker: float) -> tuple[int, dict[str, float]]:
+    """(number of actors, resources per actor) from the cluster: GPUs when it has any."""
+    res = ray.cluster_resources()
+    gpus, cpus = res.get("GPU", 0.0), res.get("CPU", 1.0)
+    if gpus > 0:
+        capacity = max(1, int(gpus // gpus_per_worker))
+        options = {"num_gpus": gpus_per_worker, "num_cpus": 1}
+    else:
+        capacity = max(1, int(cpus))
+        options = {"num_cpus": 1}
+    return (min(requested, capacity) if requested > 0 else capacity), options
+
+
+class ScorerPool:
+    """A fixed set of `ScorerActor`s with bounded in-flight work per actor."""
+
+    def __init__(self, workers: int = 0, gpus_per_worker: float = 1.0) -> None:
+        self.size, self._options = plan_workers(workers, gpus_per_worker)
+        self._actors = [self._new_actor(i) for i in range(self.size)]
+        infos = ray.get([a.info.remote() for a in self._actors])
+        self.device_kind = infos[0]["device_kind"]
+
+    def _new_actor(self, index: int) -> Any:
+        return ScorerActor.options(
+            **self._options, max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES
+        ).remote(index)
+
+    @property
+    def actors(self) -> list[Any]:
+        return list(self._actors)
+
+    def run(self, jobs: Sequence[Job], on_result: Callable[[Job, str, list[tuple[Hashable, Score]]], None]) -> None:
+        """Score every job; `on_result(job, worker_label, [(id, Score)])` as each one finishes.
+
+        Jobs whose actor died beyond its restarts are resubmitted to a fresh actor (safe:
+        scores are pure); any other error propagates.
+        """
+        pending = deque(jobs)
+        inflight: dict[Any, tuple[Job, int]] = {}
+        load = [0] * self.size
+        resubmits = 0
+        while pending or inflight:
+            while pending:
+                idx = min(range(self.size), key=lambda i: load[i])
+                if load[idx] >= IN_FLIGHT_PER_ACTOR:
+                    break
+                job = pending.popleft()
+                inflight[self._actors[idx].score.remote(job)] = (job, idx)
+                load[idx] += 1
+            ready, _ = ray.wait(list(inflight), num_returns=1)
+            for ref in ready:
+                job, idx = inflight.pop(ref)
+                load[idx] -= 1
+                try:
+                    label, scores = ray.get(ref)
+                except ray.exceptions.RayActorError:
+                    resubmits += 1
+                    if resubmits > 3 * self.size + len(jobs):
+                        raise
+                    time.sleep(0.5)
+                    self._actors[idx] = self._new_actor(idx)
+                    pending.appendleft(job)
+                    continue
+                on_result(job, label, scores)
+
+    def shutdown(self) -> None:
+        for actor in self._actors:
+            ray.kill(actor)
+        self._actors = []

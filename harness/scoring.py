@@ -1,0 +1,202 @@
+"""Scoring one masked supernet: MetaNTK/NTK condition number and linear-region count.
+
+Ray-free so it can be tested and benchmarked directly; `harness.scorers` wraps it in actors.
+A score is a pure function of (spec, masks, key): every random draw — supernet weights, the
+kernel task batch, the linear-region inputs — comes from a generator seeded by `key` =
+(experiment seed, search id, round, repeat), never from the process. So a candidate gets the
+same score on any worker, in any order, after any retry, and the origin and every pruned
+candidate of one (round, repeat) share weights and data: the deltas compare like with like
+(the reference drew a fresh head per network and added noise to every delta).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+# What a method may ask for: condition number of the MetaNTK, of the plain NTK, regions.
+MEASURE_NAMES: tuple[str, ...] = ("cn_meta", "cn_ntk", "rn")
+N_CELL_TYPES, N_EDGES, N_OPS = 2, 9, 7
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed from any tuple of ids (stable across processes, unlike `hash`)."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def generator(*parts: Any) -> torch.Generator:
+    return torch.Generator().manual_seed(derive_seed(*parts))
+
+
+@dataclass(frozen=True)
+class ScoreSpec:
+    """Everything that fixes the networks and data of a search (not the masks or the key)."""
+
+    dataset: str
+    root: str
+    split: str
+    dataset_options: tuple[tuple[str, Any], ...]
+    image_size: int          # dataset load size (0 = native)
+    data_seed: int
+    cells: int
+    init_channels: int
+    tasks: int
+    ways: int
+    shots: int
+    queries: int
+    kernel_image_size: int
+    algorithm: str           # maml | anil
+    inner_time: float
+    reg: float
+    kernel_output: str
+    kernel_params: str
+    kernel_backend: str
+    norm: str
+    region_inputs: int
+    region_batches: int
+
+    @property
+    def model_key(self) -> tuple:
+        return (self.dataset, self.root, self.split, self.dataset_options, self.image_size, self.data_seed,
+                self.cells, self.init_channels, self.ways, self.norm)
+
+
+@dataclass(frozen=True)
+class Score:
+    cn_meta: float = math.nan
+    cn_ntk: float = math.nan
+    rn: float = math.nan
+    seconds: float = 0.0
+
+
+def masks_array(masks: Mapping[str, torch.Tensor] | np.ndarray) -> np.ndarray:
+    """Masks as one bool array (2, 9, 7): [normal, reduce] x edge x op."""
+    if isinstance(masks, np.ndarray):
+        arr = masks.astype(bool)
+    else:
+        arr = np.stack([np.asarray(masks["normal"].cpu()), np.asarray(masks["reduce"].cpu())]).astype(bool)
+    if arr.shape != (N_CELL_TYPES, N_EDGES, N_OPS):
+        raise ValueError(f"masks must have shape (2, 9, 7), got {arr.shape}")
+    return arr
+
+
+def masks_dict(arr: np.ndarray) -> dict[str, torch.Tensor]:
+    return {"normal": torch.from_numpy(arr[0].copy()), "reduce": torch.from_numpy(arr[1].copy())}
+
+
+@dataclass
+class Scorer:
+    """Owns the networks and data of one `ScoreSpec` on one device; built once, reused.
+
+    `score(masks, key, measures)` redraws weights and batches only when `key` changes (the
+    origin and all candidates of a (round, repeat) share them), then scores the masked nets.
+    """
+
+    spec: ScoreSpec
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def __post_init__(self) -> None:
+        from search_spaces.supernet import Supernet, thin_supernet
+        from trainers.data import NORMALIZATION, load_split
+
+        s = self.spec
+        self.split = load_split(s.dataset, s.root or None, s.split, image_size=s.image_size or None,
+                                seed=s.data_seed, **dict(s.dataset_options))
+        self.normalization = NORMALIZATION[s.dataset]
+        in_channels = int(self.split.images.shape[1])
+        # The kernel network: the evaluation-size supernet with sample-independent norms and
+        # a fresh `ways`-logit head, in train mode (as the reference).
+        self.net = Supernet(s.init_channels, s.ways, s.cells, in_channels=in_channels, norm=s.norm).to(self.device)
+        self.net.train()
+        # The linear-region network: thin supernet on 1x3x3 single-channel crops.
+        self.thin = thin_supernet(in_channels=1).to(self.device)
+        self.thin.train()
+        self._key: tuple | None = None
+
+    def _prepare(self, key: tuple) -> None:
+        if key == self._key:
+            return
+        from search_spaces.init import reinitialize
+        from trainers.episodes import sample_kernel_batch, sample_region_inputs
+
+        s = self.spec
+        reinitialize(self.net, generator(*key, "kernel-weights"))
+        reinitialize(self.thin, generator(*key, "region-weights"))
+        batch = sample_kernel_batch(self.split, tasks=s.tasks, ways=s.ways, shots=s.shots, queries=s.queries,
+                                    image_size=s.kernel_image_size, normalization=self.normalization,
+                                    generator=generator(*key, "kernel-batch"))
+        self.x = batch.images.to(self.device)
+        self.tasks = [(q.to(self.device), sup.to(self.device)) for q, sup in batch.tasks]
+        self.region_x = sample_region_inputs(self.split, n=s.region_inputs * s.region_batches,
+                                             normalization=self.normalization,
+                                             generator=generator(*key, "region-inputs")).to(self.device)
+        self._key = key
+
+    def _cn(self, meta: bool) -> float:
+        from kernels import anil_inner_kernel, condition_number, empirical_ntk, head_features, meta_ntk
+
+        s = self.spec
+        theta = empirical_ntk(self.net, self.x, output=s.kernel_output, params=s.kernel_params,
+                              backend=s.kernel_backend)
+        if not meta:
+            return condition_number(theta)
+        if s.kernel_output != "sum":
+            raise ValueError("search.kernel_output = 'full' is only supported for the plain NTK (tenas); "
+                             "the MetaNTK task indices address samples, not sample-logit pairs")
+        inner = None
+        if s.algorithm == "anil":
+            with torch.no_grad():
+                inner = anil_inner_kernel(head_features(self.net, self.x), s.ways)
+        phi = meta_ntk(theta, self.tasks, inner=inner, inner_time=s.inner_time, reg=s.reg)
+        return condition_number(phi)
+
+    def score(self, masks: np.ndarray, key: tuple, measures: tuple[str, ...]) -> Score:
+        unknown = set(measures) - set(MEASURE_NAMES)
+        if unknown:
+            raise KeyError(f"unknown measures {sorted(unknown)}; valid: {', '.join(MEASURE_NAMES)}")
+        start = time.perf_counter()
+        self._prepare(key)
+        m = masks_dict(masks_array(masks))
+        out: dict[str, float] = {}
+        if "cn_meta" in measures or "cn_ntk" in measures:
+            self.net.set_masks(m)
+            if "cn_meta" in measures:
+                out["cn_meta"] = self._cn(meta=True)
+            if "cn_ntk" in measures:
+                out["cn_ntk"] = self._cn(meta=False)
+        if "rn" in measures:
+            from kernels import count_linear_regions
+
+            self.thin.set_masks(m)
+            out["rn"] = float(count_linear_regions(self.thin, self.region_x))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return Score(**out, seconds=time.perf_counter() - start)
+
+
+def _freeze(value: Any) -> Any:
+    """Lists from TOML become tuples so a spec stays hashable (actors cache scorers by spec)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    return value
+
+
+def spec_from_config(cfg: Any, cells: int) -> ScoreSpec:
+    """The `ScoreSpec` of one search of an `ExperimentConfig` (harness.config)."""
+    d, s = cfg.dataset, cfg.search
+    return ScoreSpec(
+        dataset=d.name, root=str(d.root), split=d.train_split,
+        dataset_options=tuple(sorted((k, _freeze(v)) for k, v in d.options.items())), image_size=d.image_size, data_seed=cfg.experiment.seed,
+        cells=cells, init_channels=s.init_channels, tasks=s.tasks, ways=s.ways, shots=s.shots, queries=s.queries,
+        kernel_image_size=s.kernel_image_size, algorithm=s.algorithm, inner_time=s.inner_time, reg=s.reg,
+        kernel_output=s.kernel_output, kernel_params=s.kernel_params, kernel_backend=s.kernel_backend,
+        norm=s.norm, region_inputs=s.region_inputs, region_batches=s.region_batches,
+    )
