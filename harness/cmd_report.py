@@ -12,7 +12,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="print and write Table 1 / Table 2 / proxy correlations from a results folder",
         description="Read the Parquet tables (candidates, searches, trials, episodes, proxies) "
         "of one results folder and print Markdown tables: Table 1 (method x cells: params, "
-        "search cost, 1-shot and 5-shot mean ± 95%% CI over seeds), the Table-2 ablation "
+        "search cost, 1-shot and 5-shot mean ± 95% CI over seeds), the Table-2 ablation "
         "(difference to the random method) and, when the proxy study was run, the rank "
         "correlation of each training-free proxy with accuracy. Unless --no-write, report.md "
         "and CSVs are written atomically to RESULTS_DIR/report/ (or --out).",

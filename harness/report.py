@@ -329,7 +329,7 @@ def format_seconds(seconds: float) -> str:
         return "–"
     if seconds < 120:
         return f"{seconds:.1f} s"
-    if seconds < 7200:
+    if seconds < 3600:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.2f} h"
 
@@ -383,19 +383,23 @@ def table1_markdown(t1: pd.DataFrame) -> str:
              format_acc(r.acc_5shot, r.ci_5shot, r.ci_5shot_kind)) for r in t1.itertuples()]
     return markdown_table(["dataset", "method", "cells", "seeds", "params (M)",
                            "search (device time)", "1-shot (%)", "5-shot (%)"], rows,
-                          "lllrrrrr") + "\n\n" + _DAGGER_NOTE
+                          "llrrrrrr") + "\n\n" + _DAGGER_NOTE
 
 
 def table2_markdown(t2: pd.DataFrame) -> str:
     """Markdown of `table2` (percent; Δ in percentage points vs `random`)."""
+    def delta(r: tuple, shot: str) -> str:
+        if r.method == BASELINE_METHOD:
+            return "(baseline)"
+        return format_delta(getattr(r, f"delta_{shot}"), getattr(r, f"delta_{shot}_ci"))
+
     rows = [(r.dataset, r.cells, r.method, r.seeds,
-             format_acc(r.acc_1shot, r.ci_1shot, r.ci_1shot_kind),
-             format_delta(r.delta_1shot, r.delta_1shot_ci),
-             format_acc(r.acc_5shot, r.ci_5shot, r.ci_5shot_kind),
-             format_delta(r.delta_5shot, r.delta_5shot_ci)) for r in t2.itertuples()]
+             format_acc(r.acc_1shot, r.ci_1shot, r.ci_1shot_kind), delta(r, "1shot"),
+             format_acc(r.acc_5shot, r.ci_5shot, r.ci_5shot_kind), delta(r, "5shot"))
+            for r in t2.itertuples()]
     return markdown_table(["dataset", "cells", "method", "seeds", "1-shot (%)",
                            f"Δ 1-shot vs {BASELINE_METHOD}", "5-shot (%)",
-                           f"Δ 5-shot vs {BASELINE_METHOD}"], rows, "llrrrrrr") + (
+                           f"Δ 5-shot vs {BASELINE_METHOD}"], rows, "lrlrrrrr") + (
         "\n\n" + _DAGGER_NOTE + f" Δ: difference of means to `{BASELINE_METHOD}` in "
         "percentage points, ± a paired 95% t-interval over shared seeds (same seed = same "
         "episodes) when there are at least two.")
