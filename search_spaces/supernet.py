@@ -1,0 +1,234 @@
+"""The MetaNAS few-shot supernet with per-edge op masks (pruned by the search, paper Alg. 1).
+
+Macro structure (design section 4): stem conv3x3 + norm (C_stem = C, stem multiplier 1),
+`cells` cells with reductions at `cells // 3` and `2 * cells // 3` (spatial /2, channels x2),
+global average pooling, linear head. Cell preprocessing as DARTS: `FactorizedReduce` on
+c_{k-2} when the previous cell reduced, ReLU-conv1x1-norm otherwise.
+
+Each of a cell's 9 edges (`EDGE_INPUTS`) is a mixed edge holding all 7 ops; its output is
+the MEAN OVER THE ACTIVE OPS. A masked op is not executed at all, so it contributes exactly
+zero and costs nothing. Masks are per cell type (`"normal"`, `"reduce"`), a bool tensor
+(9, 7) each (op order = `PRIMITIVES`), shared by all cells of that type; every edge keeps at
+least one active op. Masks are a plain attribute read at forward time (`set_masks`), or can be
+given per call (`forward(x, masks)`), so one module scores many candidates.
+
+Norms default to `affine=False` as in DARTS search; `norm="group"` gives the
+sample-independent supernet used for NTK kernels.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from search_spaces.genotypes import CELL_TYPES, EDGE_INPUTS, EDGES_PER_CELL, NODES, Genotype
+from search_spaces.ops import PRIMITIVES, FactorizedReduce, ReLUConvNorm, make_norm, make_op
+
+__all__ = [
+    "CELL_TYPES", "EDGES_PER_CELL", "EDGE_INPUTS", "Masks", "MixedEdge", "SearchCell", "Supernet",
+    "full_masks", "genotype_masks", "validate_masks", "reduction_indices", "thin_supernet",
+    "parameter_count",
+]
+
+Masks = Mapping[str, torch.Tensor]
+NUM_OPS = len(PRIMITIVES)
+
+
+def full_masks() -> dict[str, torch.Tensor]:
+    """All ops active: `{"normal": ones(9, 7, bool), "reduce": ones(9, 7, bool)}` (CPU)."""
+    return {t: torch.ones(EDGES_PER_CELL, NUM_OPS, dtype=torch.bool) for t in CELL_TYPES}
+
+
+def genotype_masks(genotype: Genotype) -> dict[str, torch.Tensor]:
+    """Masks with exactly the genotype's ops active on its edges and NO op on other edges.
+
+    Not valid supernet masks (unused edges are empty); useful to compare a genotype with a
+    pruned supernet's state.
+    """
+    masks = {t: torch.zeros(EDGES_PER_CELL, NUM_OPS, dtype=torch.bool) for t in CELL_TYPES}
+    for cell_type, edges in genotype.to_edges().items():
+        for e, op in edges.items():
+            masks[cell_type][e, PRIMITIVES.index(op)] = True
+    return masks
+
+
+def validate_masks(masks: Masks) -> dict[str, torch.Tensor]:
+    """Check `masks` and return a CPU bool copy `{cell type: (9, 7)}`.
+
+    Raises ValueError when a cell type is missing or unknown, a tensor is not bool (9, 7), or
+    an edge has no active op (an empty edge has no defined output).
+    """
+    if not isinstance(masks, Mapping):
+        raise ValueError(f"masks: expected a dict {{'normal': (9, 7) bool, 'reduce': (9, 7) bool}}, got {type(masks).__name__}")
+    if set(masks) != set(CELL_TYPES):
+        raise ValueError(f"masks: expected keys {list(CELL_TYPES)}, got {sorted(masks)}")
+    out = {}
+    for cell_type in CELL_TYPES:
+        m = masks[cell_type]
+        if not isinstance(m, torch.Tensor) or m.dtype != torch.bool:
+            raise ValueError(
+                f"masks[{cell_type!r}]: expected a bool tensor of shape ({EDGES_PER_CELL}, {NUM_OPS}), "
+                f"got {getattr(m, 'dtype', type(m).__name__)}"
+            )
+        if tuple(m.shape) != (EDGES_PER_CELL, NUM_OPS):
+            raise ValueError(
+                f"masks[{cell_type!r}]: expected shape ({EDGES_PER_CELL}, {NUM_OPS}) "
+                f"(edges x ops in PRIMITIVES order), got {tuple(m.shape)}"
+            )
+        m = m.detach().to("cpu", copy=True)
+        empty = [e for e in range(EDGES_PER_CELL) if not bool(m[e].any())]
+        if empty:
+            raise ValueError(
+                f"masks[{cell_type!r}]: edges {empty} have no active op; every edge must keep >= 1 op"
+            )
+        out[cell_type] = m
+    return out
+
+
+def reduction_indices(cells: int) -> tuple[int, ...]:
+    """Indices of the reduction cells: `cells // 3` and `2 * cells // 3` (deduplicated)."""
+    return tuple(sorted({cells // 3, 2 * cells // 3}))
+
+
+class MixedEdge(nn.Module):
+    """All 7 ops of one edge; output = mean of the active ops' outputs. (N,C,H,W) -> (N,C,H',W')."""
+
+    def __init__(self, C: int, stride: int, norm: str, affine: bool) -> None:
+        super().__init__()
+        self.ops = nn.ModuleList(make_op(name, C, stride, norm, affine) for name in PRIMITIVES)
+
+    def forward(self, x: torch.Tensor, active: Sequence[int]) -> torch.Tensor:
+        """`active`: indices into PRIMITIVES (non-empty); inactive ops are not run."""
+        out = self.ops[active[0]](x)
+        for i in active[1:]:
+            out = out + self.ops[i](x)
+        return out / len(active) if len(active) > 1 else out
+
+
+class SearchCell(nn.Module):
+    """Supernet cell: (s0, s1) -> concat of 3 nodes, (N, 3*C, H', W')."""
+
+    def __init__(self, C_prev_prev: int, C_prev: int, C: int, reduction: bool,
+                 reduction_prev: bool, norm: str, affine: bool) -> None:
+        super().__init__()
+        self.reduction = reduction
+        self.cell_type = "reduce" if reduction else "normal"
+        if reduction_prev:
+            self.preprocess0: nn.Module = FactorizedReduce(C_prev_prev, C, norm, affine)
+        else:
+            self.preprocess0 = ReLUConvNorm(C_prev_prev, C, 1, 1, 0, norm, affine)
+        self.preprocess1 = ReLUConvNorm(C_prev, C, 1, 1, 0, norm, affine)
+        self.edges = nn.ModuleList(
+            MixedEdge(C, 2 if reduction and inp < 2 else 1, norm, affine) for _, inp in EDGE_INPUTS
+        )
+        self.multiplier = NODES
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor,
+                active: Sequence[Sequence[int]]) -> torch.Tensor:
+        """`active[e]`: active op indices of edge e (9 lists)."""
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        e = 0
+        for _ in range(NODES):
+            node = None
+            for j in range(len(states)):
+                h = self.edges[e](states[j], active[e])
+                node = h if node is None else node + h
+                e += 1
+            states.append(node)
+        return torch.cat(states[2:], dim=1)
+
+
+class Supernet(nn.Module):
+    """MetaNAS supernet: (N, in_channels, H, W) -> logits (N, num_classes).
+
+    Args:
+        C: initial channels (48 in the paper); stem outputs C channels.
+        num_classes: head width.
+        cells: number of cells (5 or 8 in the paper).
+        in_channels: image channels.
+        norm: "batch" or "group" (see `search_spaces.ops`).
+        stem: False feeds the raw input to both inputs of the first cell (thin supernet).
+        affine: learnable norm parameters (False: DARTS search convention).
+        reductions: override the reduction cell indices (default `reduction_indices(cells)`).
+    """
+
+    def __init__(self, C: int, num_classes: int, cells: int, *, in_channels: int = 3,
+                 norm: str = "batch", stem: bool = True, affine: bool = False,
+                 reductions: Sequence[int] | None = None) -> None:
+        super().__init__()
+        if cells < 1:
+            raise ValueError(f"Supernet: cells must be >= 1, got {cells}")
+        if C < 1 or num_classes < 1 or in_channels < 1:
+            raise ValueError(
+                f"Supernet: C, num_classes, in_channels must be >= 1, got {C}, {num_classes}, {in_channels}"
+            )
+        self.C, self.num_classes, self.num_cells, self.norm = C, num_classes, cells, norm
+        self.reductions = tuple(sorted(set(reductions))) if reductions is not None else reduction_indices(cells)
+        if any(not 0 <= r < cells for r in self.reductions):
+            raise ValueError(f"Supernet: reduction indices {self.reductions} out of range 0..{cells - 1}")
+        if stem:
+            self.stem: nn.Module = nn.Sequential(
+                nn.Conv2d(in_channels, C, 3, padding=1, bias=False), make_norm(C, norm, affine)
+            )
+            C_prev_prev = C_prev = C
+        else:
+            self.stem = nn.Identity()
+            C_prev_prev = C_prev = in_channels
+        self.cells = nn.ModuleList()
+        C_curr, reduction_prev = C, False
+        for i in range(cells):
+            reduction = i in self.reductions
+            if reduction:
+                C_curr *= 2
+            cell = SearchCell(C_prev_prev, C_prev, C_curr, reduction, reduction_prev, norm, affine)
+            self.cells.append(cell)
+            reduction_prev = reduction
+            C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
+        self.feature_dim = C_prev
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_prev, num_classes)
+        self.masks: dict[str, torch.Tensor] = full_masks()
+
+    def set_masks(self, masks: Masks) -> None:
+        """Validate and store masks `{cell type: bool (9, 7)}` (a CPU copy)."""
+        self.masks = validate_masks(masks)
+
+    def get_masks(self) -> dict[str, torch.Tensor]:
+        """A copy of the current masks."""
+        return {t: m.clone() for t, m in self.masks.items()}
+
+    def _active(self, masks: Masks | None) -> dict[str, list[list[int]]]:
+        m = self.masks if masks is None else validate_masks(masks)
+        return {t: [torch.nonzero(row).flatten().tolist() for row in m[t]] for t in CELL_TYPES}
+
+    def forward_features(self, x: torch.Tensor, masks: Masks | None = None) -> torch.Tensor:
+        """Pooled features feeding the head: (N, in_channels, H, W) -> (N, feature_dim)."""
+        active = self._active(masks)
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1, active[cell.cell_type])
+        return self.global_pooling(s1).flatten(1)
+
+    def forward(self, x: torch.Tensor, masks: Masks | None = None) -> torch.Tensor:
+        """Logits (N, num_classes); `masks` overrides the stored masks for this call only."""
+        return self.classifier(self.forward_features(x, masks))
+
+
+def thin_supernet(in_channels: int = 1, norm: str = "batch", *, num_classes: int = 1) -> Supernet:
+    """The linear-region supernet (TE-NAS / reference): C=1, one normal then one reduction
+    cell, no stem (the raw input feeds both inputs of the first cell). Used in train mode
+    with BatchNorm as the reference, on (N, in_channels, 3, 3) crops."""
+    return Supernet(1, num_classes, 2, in_channels=in_channels, norm=norm, stem=False,
+                    reductions=(1,))
+
+
+def parameter_count(model: nn.Module, *, exclude_head: bool = False) -> int:
+    """Number of parameters (sum of numel); `exclude_head` drops `model.classifier`."""
+    total = sum(p.numel() for p in model.parameters())
+    if exclude_head:
+        head = getattr(model, "classifier", None)
+        if head is None:
+            raise ValueError(f"parameter_count: {type(model).__name__} has no .classifier to exclude")
+        total -= sum(p.numel() for p in head.parameters())
+    return total
