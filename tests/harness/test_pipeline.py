@@ -1,0 +1,106 @@
+"""End to end: search, Tune trials, report; a failing trial is retried without duplicated rows."""
+from __future__ import annotations
+
+import pytest
+
+from harness import store
+from harness.config import parse_config
+
+pytestmark = pytest.mark.slow
+
+
+def pipeline_config(out, name="e2e"):
+    return parse_config({
+        "experiment": {"name": name, "seed": 1, "out": str(out)},
+        "dataset": {"name": "synthetic",
+                    "options": {"train_classes": 6, "val_classes": 3, "test_classes": 5, "images_per_class": 12}},
+        "search": {"methods": ["metanas", "random"], "seeds": [0], "cells": [3], "init_channels": 4},
+        "train": {"recipe": "synthetic", "epochs": 2, "batch_size": 32},
+        "evaluate": {"ways": 3, "shots": [1, 5], "queries": 4, "episodes": 6},
+        "resources": {"max_failures": 2},
+    }, source="e2e")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, ray_session):
+    from dataclasses import replace
+
+    from harness.search import run_searches
+    from harness.trials import run_trials, trial_specs
+
+    cfg = pipeline_config(tmp_path_factory.mktemp("e2e"))
+    searches = run_searches(cfg, None, progress=False)
+    specs = trial_specs(cfg, searches)
+    # The first trial raises once after epoch 1: Tune must restart it from that checkpoint.
+    specs = [replace(specs[0], fail_once_at_epoch=1), *specs[1:]]
+    run_trials(cfg, specs, verbose=0)
+    return cfg, specs
+
+
+def test_every_table_is_written(finished):
+    cfg, specs = finished
+    trials = store.read_table(cfg.results_dir, "trials")
+    assert sorted(trials["trial_id"]) == sorted(s.trial_id for s in specs)
+    assert (trials["epochs"] == 2).all()
+    assert trials["acc_1shot"].between(0, 1).all() and trials["acc_5shot"].between(0, 1).all()
+    assert (trials["params"] > 0).all()
+    episodes = store.read_table(cfg.results_dir, "episodes")
+    assert len(episodes) == len(specs) * 2 * 6  # trials x shot settings x episodes
+    searches = store.read_table(cfg.results_dir, "searches")
+    assert set(searches["method"]) == {"metanas", "random"}
+    assert len(list((cfg.results_dir / "models").glob("*.pt"))) == len(specs)
+
+
+def test_failed_trial_was_retried_without_duplicate_rows(finished):
+    cfg, specs = finished
+    marker = cfg.results_dir / "state" / f"failed-once-{specs[0].trial_id}"
+    assert marker.is_file()  # the failure really happened
+    episodes = store.read_table(cfg.results_dir, "episodes")
+    dup = episodes.duplicated(["trial_id", "shots", "episode"]).sum()
+    assert dup == 0
+    trials = store.read_table(cfg.results_dir, "trials")
+    assert trials["trial_id"].is_unique
+
+
+def test_rerun_does_no_work(finished, monkeypatch):
+    from harness import trials as trials_mod
+
+    cfg, specs = finished
+    called = []
+    monkeypatch.setattr("harness.ray_session.ensure_ray", lambda *a, **k: called.append(1))
+    before = {p: p.stat().st_mtime_ns for p in (cfg.results_dir / "trials").glob("*.parquet")}
+    trials_mod.run_trials(cfg, specs, verbose=0)
+    after = {p: p.stat().st_mtime_ns for p in (cfg.results_dir / "trials").glob("*.parquet")}
+    assert before == after and not called
+
+
+def test_report_from_the_run(finished, capsys):
+    from harness.cli import main
+
+    cfg, _ = finished
+    assert main(["report", str(cfg.results_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "metanas" in out and "random" in out
+    assert (cfg.results_dir / "report" / "table1.csv").is_file()
+
+
+def test_evaluate_command_on_a_trained_model(finished, capsys):
+    from harness.cli import main
+
+    cfg, specs = finished
+    model = cfg.results_dir / "models" / f"{specs[0].trial_id}.pt"
+    code = main(["evaluate", "--checkpoint", str(model), "--dataset", "synthetic", "--ways", "3", "--shots", "1",
+                 "--queries", "3", "--episodes", "4", "--no-progress"])
+    assert code == 0
+    assert "3-way 1-shot, 4 episodes" in capsys.readouterr().out
+
+
+def test_evaluate_command_rejects_a_foreign_file(tmp_path, capsys):
+    from harness.cli import main
+
+    bogus = tmp_path / "x.pt"
+    import torch
+
+    torch.save({"weights": 1}, bogus)
+    assert main(["evaluate", "--checkpoint", str(bogus), "--dataset", "synthetic"]) == 2
+    assert "not a metantk-nas model file" in capsys.readouterr().err

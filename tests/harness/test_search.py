@@ -1,0 +1,137 @@
+"""The pruning driver on a tiny supernet: validity, determinism across workers, kills, resume."""
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness import store
+from harness.config import parse_config
+from harness.search import SearchInterrupted, run_searches
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_config(out, name="tiny", methods=("metantk", "random"), workers=1):
+    return parse_config({
+        "experiment": {"name": name, "seed": 3, "out": str(out)},
+        "dataset": {"name": "synthetic",
+                    "options": {"train_classes": 6, "val_classes": 3, "test_classes": 5, "images_per_class": 6}},
+        "search": {"methods": list(methods), "seeds": [0], "cells": [3], "init_channels": 4, "tasks": 2, "ways": 3,
+                   "kernel_image_size": 16, "repeats": 2, "region_inputs": 60, "region_batches": 1,
+                   "candidates_per_job": 24},
+        "resources": {"workers": workers},
+    }, source="tiny")
+
+
+@pytest.fixture(scope="module")
+def pools(ray_session):
+    from harness.scorers import ScorerPool
+
+    made = {n: ScorerPool(workers=n) for n in (1, 2)}
+    yield made
+    for pool in made.values():
+        pool.shutdown()
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory, pools):
+    cfg = tiny_config(tmp_path_factory.mktemp("one"))
+    rows = run_searches(cfg, pools[1], progress=False)
+    return cfg, rows
+
+
+def _scores(cfg) -> pd.DataFrame:
+    df = store.read_table(cfg.results_dir, "candidates")
+    cols = ["search_id", "round", "cell_type", "edge", "op", "cn_origin", "cn_pruned", "rn_origin", "rn_pruned",
+            "delta_cn", "delta_rn", "rank_cn", "rank_rn", "importance", "pruned"]
+    return df[cols].sort_values(["search_id", "round", "cell_type", "edge", "op"]).reset_index(drop=True)
+
+
+def test_smoke_search_reaches_a_valid_genotype_in_6_rounds(baseline):
+    from search_spaces.genotypes import Genotype
+
+    cfg, rows = baseline
+    by_method = {r["method"]: r for r in rows}
+    g = Genotype.from_str(by_method["metantk"]["genotype"])  # validates
+    assert len(g.normal) == 3 and len(g.reduce) == 3
+    assert by_method["metantk"]["rounds"] == 7  # 6 pruning rounds + edge selection
+    assert by_method["random"]["rounds"] == 0
+    cands = store.read_table(cfg.results_dir, "candidates")
+    per_round = cands.groupby("round").size().to_dict()
+    assert per_round == {1: 126, 2: 108, 3: 90, 4: 72, 5: 54, 6: 36, 7: 14}
+    # One op pruned per edge per round, and the scores are real numbers.
+    pruned = cands[(cands["pruned"]) & (cands["round"] <= 6)].groupby(["round", "cell_type", "edge"]).size()
+    assert (pruned == 1).all() and len(pruned) == 6 * 18
+    assert np.isfinite(cands["rn_pruned"]).all() and (cands["cn_origin"] >= 1).all()
+    # Edge selection keeps 2 inputs per node: 3 of the 7 candidate edges dropped per cell type.
+    assert cands[(cands["round"] == 7)].groupby("cell_type")["pruned"].sum().to_dict() == {"normal": 3, "reduce": 3}
+    searches = store.read_table(cfg.results_dir, "searches")
+    assert sorted(searches["method"]) == ["metantk", "random"]
+    for sid in searches["search_id"]:
+        assert (cfg.results_dir / "cells" / f"{sid}_normal.svg").is_file()
+        assert (cfg.results_dir / "cells" / f"{sid}_reduce.svg").is_file()
+
+
+def test_two_workers_give_identical_scores_and_genotype(baseline, pools, tmp_path):
+    cfg1, rows1 = baseline
+    cfg2 = tiny_config(tmp_path)
+    rows2 = run_searches(cfg2, pools[2], progress=False)
+    assert [r["genotype"] for r in rows1] == [r["genotype"] for r in rows2]
+    pd.testing.assert_frame_equal(_scores(cfg1), _scores(cfg2))
+    assert store.read_table(cfg2.results_dir, "searches")["workers"].max() == 2
+
+
+class KillingPool:
+    """Kills (SIGKILL) one scorer actor's process after the first result of round 2."""
+
+    def __init__(self, pool):
+        self.pool, self.size, self.device_kind = pool, pool.size, pool.device_kind
+        self.calls, self.killed = 0, False
+
+    def run(self, jobs, on_result):
+        import ray
+
+        self.calls += 1
+
+        def wrapped(job, label, results):
+            on_result(job, label, results)
+            if self.calls == 2 and not self.killed:
+                pid = ray.get(self.pool.actors[0].info.remote())["pid"]
+                os.kill(pid, signal.SIGKILL)
+                self.killed = True
+
+        self.pool.run(jobs, wrapped)
+
+
+def test_actor_killed_mid_round_gives_identical_results(baseline, pools, tmp_path):
+    cfg1, rows1 = baseline
+    cfg = tiny_config(tmp_path)
+    killer = KillingPool(pools[2])
+    rows = run_searches(cfg, killer, progress=False)
+    assert killer.killed
+    assert [r["genotype"] for r in rows] == [r["genotype"] for r in rows1]
+    pd.testing.assert_frame_equal(_scores(cfg1), _scores(cfg))
+
+
+def test_interrupted_driver_resumes_to_the_same_genotype(baseline, pools, tmp_path):
+    cfg1, rows1 = baseline
+    cfg = tiny_config(tmp_path)
+    with pytest.raises(SearchInterrupted):
+        run_searches(cfg, pools[2], stop_after_round=2, progress=False)
+    assert sorted({int(r) for r in store.read_table(cfg.results_dir, "candidates")["round"]}) == [1, 2]
+    rows = run_searches(cfg, pools[1], resume=True, progress=False)
+    assert [r["genotype"] for r in rows] == [r["genotype"] for r in rows1]
+    pd.testing.assert_frame_equal(_scores(cfg1), _scores(cfg))
+
+
+def test_resume_refuses_a_changed_config(baseline, pools):
+    from harness.errors import UserError
+
+    cfg1, _ = baseline
+    changed = cfg1.replace("search", repeats=1)
+    with pytest.raises(UserError, match="different experiment config"):
+        run_searches(changed, pools[1], resume=True, progress=False)
