@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -110,10 +111,9 @@ def test_validation_names_the_cell():
     "",
     "Genotype(" * 5000,
 ])
-def test_from_str_never_evaluates(text, tmp_path):
+def test_from_str_never_evaluates(text):
     with pytest.raises(ValueError):
         Genotype.from_str(text)
-    import os
     assert not os.path.exists("/tmp/pwned_metantk")
 
 
