@@ -52,27 +52,21 @@ DATASETS: Registry[DatasetSpec] = Registry("dataset", {
     "synthetic": DatasetSpec(
         name="synthetic",
         description="procedurally generated colour patterns (seeded, no files; the default)",
-        loader=load_synthetic, files=synthetic_files, needs_root=False, default_image_size=32,
-        option_help={"train_classes": "32", "val_classes": "16", "test_classes": "16",
-                     "images_per_class": "30", "channels": "3 (or 1)",
-                     "noise": str(SYNTHETIC_DEFAULTS["noise"]),
-                     "max_shift": str(SYNTHETIC_DEFAULTS["max_shift"])}),
+        loader=load_synthetic, files=synthetic_files, needs_root=False, default_image_size=32),
     "omniglot": DatasetSpec(
         name="omniglot",
         description="Omniglot characters, ROOT/background/<Alphabet>/<character>/*.png, "
                     "split by character 60/20/20, 28x28 grayscale",
-        loader=load_omniglot, files=omniglot_files, default_image_size=28,
-        option_help={"fractions": "(0.6, 0.2, 0.2)", "rotations": "false", "invert": "false"}),
+        loader=load_omniglot, files=omniglot_files, default_image_size=28),
     "mini_imagenet": DatasetSpec(
         name="mini_imagenet",
         description="miniImageNet RFS pickles miniImageNet_category_split_*.pickle, 84x84 RGB",
         loader=load_mini_imagenet, files=mini_files, extra_splits=("train_phase_val", "trainval"),
-        default_image_size=84, option_help={"unsafe_pickle": "false"}),
+        default_image_size=84),
     "tiered_imagenet": DatasetSpec(
         name="tiered_imagenet",
         description="tieredImageNet RFS files {split}_images.npz + {split}_labels.pkl, 84x84 RGB",
-        loader=load_tiered_imagenet, files=tiered_files, default_image_size=84,
-        option_help={"unsafe_pickle": "false"}),
+        loader=load_tiered_imagenet, files=tiered_files, default_image_size=84),
 })
 
 # Per-channel (mean, std) of pixels scaled to [0, 1]; a 1-tuple applies to every channel.

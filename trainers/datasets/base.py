@@ -7,7 +7,7 @@ episode sampler, the kernel batch and the trainers never care where the pixels c
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -62,8 +62,8 @@ class ImageSplit:
         n = len(self.class_names)
         if n == 0 or self.images.shape[0] == 0:
             raise DatasetError(f"{where}: the split is empty (no classes or no images)")
-        counts = torch.bincount(self.labels, minlength=n) if self.labels.min() >= 0 else None
-        if counts is None or counts.numel() != n or bool((counts == 0).any()):
+        in_range = int(self.labels.min()) >= 0 and int(self.labels.max()) < n
+        if not in_range or bool((torch.bincount(self.labels, minlength=n) == 0).any()):
             raise DatasetError(f"{where}: labels must use every value 0..{n - 1} "
                                f"({n} class names) and nothing else")
 
@@ -136,7 +136,6 @@ class DatasetSpec:
     extra_splits: tuple[str, ...] = ()
     needs_root: bool = True
     default_image_size: int | None = None
-    option_help: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def all_splits(self) -> tuple[str, ...]:
