@@ -8,9 +8,12 @@ c_{k-2} when the previous cell reduced, ReLU-conv1x1-norm otherwise.
 Each of a cell's 9 edges (`EDGE_INPUTS`) is a mixed edge holding all 7 ops; its output is
 the MEAN OVER THE ACTIVE OPS. A masked op is not executed at all, so it contributes exactly
 zero and costs nothing. Masks are per cell type (`"normal"`, `"reduce"`), a bool tensor
-(9, 7) each (op order = `PRIMITIVES`), shared by all cells of that type; every edge keeps at
-least one active op. Masks are a plain attribute read at forward time (`set_masks`), or can be
-given per call (`forward(x, masks)`), so one module scores many candidates.
+(9, 7) each (op order = `PRIMITIVES`), shared by all cells of that type. An edge with no
+active op is a REMOVED edge: it contributes nothing to its node (the search's edge-selection
+step scores the supernet with one edge removed, as TE-NAS); every node must keep at least one
+active incoming edge. Masks are a plain attribute read at forward time (`set_masks`), or can
+be given per call (`forward(x, masks)`), so one module scores many candidates. With
+`genotype_masks(g)` the supernet computes exactly the genotype's cells (shared weights).
 
 Norms default to `affine=False` as in DARTS search; `norm="group"` gives the
 sample-independent supernet used for NTK kernels.
@@ -22,7 +25,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from search_spaces.genotypes import CELL_TYPES, EDGE_INPUTS, EDGES_PER_CELL, NODES, Genotype
+from search_spaces.genotypes import CELL_TYPES, EDGE_INPUTS, EDGES_PER_CELL, NODE_EDGES, NODES, Genotype
 from search_spaces.ops import PRIMITIVES, FactorizedReduce, ReLUConvNorm, make_norm, make_op
 
 __all__ = [
@@ -41,10 +44,10 @@ def full_masks() -> dict[str, torch.Tensor]:
 
 
 def genotype_masks(genotype: Genotype) -> dict[str, torch.Tensor]:
-    """Masks with exactly the genotype's ops active on its edges and NO op on other edges.
+    """Masks with exactly the genotype's ops active on its edges; other edges removed.
 
-    Not valid supernet masks (unused edges are empty); useful to compare a genotype with a
-    pruned supernet's state.
+    The supernet under these masks computes the genotype's cells (2 edges per node, one op
+    each) with the supernet's weights.
     """
     masks = {t: torch.zeros(EDGES_PER_CELL, NUM_OPS, dtype=torch.bool) for t in CELL_TYPES}
     for cell_type, edges in genotype.to_edges().items():
@@ -57,7 +60,8 @@ def validate_masks(masks: Masks) -> dict[str, torch.Tensor]:
     """Check `masks` and return a CPU bool copy `{cell type: (9, 7)}`.
 
     Raises ValueError when a cell type is missing or unknown, a tensor is not bool (9, 7), or
-    an edge has no active op (an empty edge has no defined output).
+    a node has no active incoming edge (its output would be undefined). Edges without an
+    active op are allowed: they are removed (contribute nothing).
     """
     if not isinstance(masks, Mapping):
         raise ValueError(f"masks: expected a dict {{'normal': (9, 7) bool, 'reduce': (9, 7) bool}}, got {type(masks).__name__}")
@@ -77,11 +81,12 @@ def validate_masks(masks: Masks) -> dict[str, torch.Tensor]:
                 f"(edges x ops in PRIMITIVES order), got {tuple(m.shape)}"
             )
         m = m.detach().to("cpu", copy=True)
-        empty = [e for e in range(EDGES_PER_CELL) if not bool(m[e].any())]
-        if empty:
-            raise ValueError(
-                f"masks[{cell_type!r}]: edges {empty} have no active op; every edge must keep >= 1 op"
-            )
+        for node, (lo, hi) in enumerate(NODE_EDGES):
+            if not bool(m[lo:hi].any()):
+                raise ValueError(
+                    f"masks[{cell_type!r}]: node {node} has no active op on any of its edges "
+                    f"{lo}..{hi - 1}; every node must keep >= 1 active incoming edge"
+                )
         out[cell_type] = m
     return out
 
@@ -98,8 +103,11 @@ class MixedEdge(nn.Module):
         super().__init__()
         self.ops = nn.ModuleList(make_op(name, C, stride, norm, affine) for name in PRIMITIVES)
 
-    def forward(self, x: torch.Tensor, active: Sequence[int]) -> torch.Tensor:
-        """`active`: indices into PRIMITIVES (non-empty); inactive ops are not run."""
+    def forward(self, x: torch.Tensor, active: Sequence[int]) -> torch.Tensor | None:
+        """`active`: indices into PRIMITIVES; inactive ops are not run. None when `active` is
+        empty (a removed edge: the caller adds nothing)."""
+        if not active:
+            return None
         out = self.ops[active[0]](x)
         for i in active[1:]:
             out = out + self.ops[i](x)
@@ -133,7 +141,8 @@ class SearchCell(nn.Module):
             node = None
             for j in range(len(states)):
                 h = self.edges[e](states[j], active[e])
-                node = h if node is None else node + h
+                if h is not None:
+                    node = h if node is None else node + h
                 e += 1
             states.append(node)
         return torch.cat(states[2:], dim=1)

@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from search_spaces.genotypes import GENOTYPES
+from search_spaces.genotypes import GENOTYPES, edge_index
+from search_spaces.network import Network
 from search_spaces.ops import NORMS, PRIMITIVES
 from search_spaces.supernet import (
     CELL_TYPES, EDGE_INPUTS, EDGES_PER_CELL, MixedEdge, Supernet, full_masks, genotype_masks,
@@ -71,7 +72,7 @@ def test_per_call_masks_do_not_change_stored_masks():
 
 
 def test_masked_ops_are_not_executed_and_contribute_nothing():
-    net = _net(cells=2)
+    net = _net(cells=3)
     masks = full_masks()
     masks["normal"][:, PRIMITIVES.index("conv_1x5_5x1")] = False
     net.set_masks(masks)
@@ -82,7 +83,7 @@ def test_masked_ops_are_not_executed_and_contribute_nothing():
                 edge.ops[3].register_forward_hook(lambda *a: calls.append(1))
     x = torch.randn(2, 3, 8, 8)
     y = net(x)
-    assert not calls
+    assert not calls and net.cells[0].cell_type == "normal"
     with torch.no_grad():  # wrecking a masked op's weights changes nothing
         for cell in net.cells:
             if cell.cell_type == "normal":
@@ -142,13 +143,31 @@ def test_invalid_masks_raise(bad, match):
         net(torch.randn(1, 3, 4, 4), bad)
 
 
-def test_empty_edge_raises():
+def test_node_without_edges_raises():
     net = _net(cells=1)
     masks = full_masks()
-    masks["reduce"][7] = False
-    with pytest.raises(ValueError, match=r"edges \[7\] have no active op"):
+    masks["reduce"][2:5] = False
+    with pytest.raises(ValueError, match=r"node 1 has no active op on any of its edges 2..4"):
         net.set_masks(masks)
     assert net.get_masks()["reduce"].all()  # rejected masks leave the stored ones untouched
+
+
+def test_removed_edge_contributes_nothing():
+    """An edge with no active op is removed (the search's edge-selection step)."""
+    net = _net(cells=3)  # cell 0 normal, cells 1 and 2 reduce
+    masks = full_masks()
+    masks["normal"][6] = False
+    net.set_masks(masks)
+    x = torch.randn(2, 3, 8, 8)
+    y = net(x)
+    with torch.no_grad():
+        for cell in net.cells:
+            if cell.cell_type == "normal":
+                for p in cell.edges[6].parameters():
+                    p.fill_(1e3)
+    assert torch.equal(net(x), y)
+    net.set_masks(full_masks())
+    assert not torch.allclose(net(x), y)
 
 
 def test_genotype_masks_select_its_edges():
@@ -156,6 +175,31 @@ def test_genotype_masks_select_its_edges():
     m = genotype_masks(g)
     assert int(m["normal"].sum()) == 6 and int(m["reduce"].sum()) == 6
     assert m["normal"][0, PRIMITIVES.index("conv_1x5_5x1")] and not m["normal"][3].any()
+
+
+@pytest.mark.parametrize("name", sorted(GENOTYPES))
+def test_genotype_masked_supernet_equals_network(name):
+    """Every edge but the genotype's masked, one op each: the supernet IS the genotype network
+    (weights copied op by op into a fixed Network)."""
+    g = GENOTYPES[name]
+    torch.manual_seed(0)
+    sup = Supernet(4, 5, 3, norm="batch")
+    sup.set_masks(genotype_masks(g))
+    net = Network(g, 4, 5, 3)
+    net.stem.load_state_dict(sup.stem.state_dict(), strict=False)  # affine params stay 1 / 0
+    net.classifier.load_state_dict(sup.classifier.state_dict())
+    for fixed, search in zip(net.cells, sup.cells):
+        cell_type = search.cell_type
+        fixed.preprocess0.load_state_dict(search.preprocess0.state_dict(), strict=False)
+        fixed.preprocess1.load_state_dict(search.preprocess1.state_dict(), strict=False)
+        pairs = [pair for node in getattr(g, cell_type) for pair in node]
+        nodes = [i for i in range(3) for _ in range(2)]
+        for k, ((op, inp), node) in enumerate(zip(pairs, nodes)):
+            source = search.edges[edge_index(node, inp)].ops[PRIMITIVES.index(op)]
+            missing, unexpected = fixed.ops[k].load_state_dict(source.state_dict(), strict=False)
+            assert not unexpected and all(k.endswith(("weight", "bias")) for k in missing)
+    x = torch.randn(3, 3, 8, 8)
+    assert torch.allclose(sup(x), net(x), atol=1e-5)
 
 
 @pytest.mark.parametrize("norm", NORMS)
