@@ -24,7 +24,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     write_run_metadata(cfg)
     # A rerun always resumes: finished rounds, searches and trials are not redone.
     searches = run_search_stage(cfg, resume=True, progress=not args.no_progress)
+    if cfg.study.proxies:
+        from harness.study import score_proxies
+
+        score_proxies(cfg, searches, progress=not args.no_progress)
     run_trials(cfg, trial_specs(cfg, searches), verbose=0 if args.no_progress else 1)
+    if cfg.study.proxies:
+        from harness.study import finish_proxy_study
+
+        finish_proxy_study(cfg)
     _report(cfg)
     return 0
 

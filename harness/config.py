@@ -108,6 +108,17 @@ class ResourcesSection:
 
 
 @dataclass(frozen=True)
+class StudySection:
+    """Proxy-quality study (issue 6): score every searched/sampled genotype at initialisation."""
+
+    proxies: bool = False            # compute CN (MetaNTK MAML, ANIL; NTK) and regions per genotype
+    repeats: int = 3                 # weight/batch redraws averaged per proxy
+    anil_inner_time: float = math.inf
+    anil_reg: float = 1e-3
+    n_boot: int = 1000               # bootstrap resamples for the correlation intervals
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     experiment: ExperimentSection
     dataset: DatasetSection = DatasetSection()
@@ -115,6 +126,7 @@ class ExperimentConfig:
     train: TrainSection = TrainSection()
     evaluate: EvaluateSection = EvaluateSection()
     resources: ResourcesSection = ResourcesSection()
+    study: StudySection = StudySection()
     source: str = ""                 # the file it came from (for messages)
 
     @property
@@ -132,6 +144,7 @@ SECTIONS: dict[str, type] = {
     "train": TrainSection,
     "evaluate": EvaluateSection,
     "resources": ResourcesSection,
+    "study": StudySection,
 }
 
 # Keys whose values come from a closed set: key -> valid choices.
@@ -237,6 +250,7 @@ def _positive(cfg: ExperimentConfig) -> None:
     need(r.workers >= 0 and r.num_cpus >= 0, "resources.workers/num_cpus", "must be >= 0")
     need(r.gpus_per_worker > 0, "resources.gpus_per_worker", "must be > 0")
     need(r.max_failures >= 0, "resources.max_failures", "must be >= 0")
+    need(cfg.study.repeats >= 1 and cfg.study.n_boot >= 1, "study.repeats/n_boot", "must be >= 1")
     t = cfg.train
     need(t.epochs >= 0 and t.lr >= 0 and t.batch_size >= 0 and t.init_channels >= 0, "train.*",
          "epochs, lr, batch_size and init_channels must be >= 0 (0 = recipe default)")
