@@ -216,10 +216,12 @@ def run_searches(cfg: ExperimentConfig, pool: Any, *, resume: bool = False, stop
             s.stage = "done"
     _save_state(results_dir, digest, states)
     repeats = cfg.search.repeats
-    bars = {s.search_id: tqdm(total=7, initial=s.round, desc=s.search_id, unit="round", position=i,
-                              disable=not progress, leave=True, dynamic_ncols=True)
+    # One bar per pruning search, counting scored networks (candidates + origins, x repeats);
+    # tqdm's rate is then candidates/s. Total: 126+108+90+72+54+36 op candidates, 14 edges, 7 origins.
+    total = (sum(range(36, 127, 18)) + 14 + 7) * repeats
+    bars = {s.search_id: tqdm(total=total, desc=f"{s.search_id} round {s.round + 1}/7", unit="cand",
+                              position=i, disable=not progress, leave=True, dynamic_ncols=True, mininterval=1.0)
             for i, s in enumerate(states) if s.method in PRUNING_METHODS}
-
     while True:
         active = [s for s in states if s.stage in ("ops", "edges")]
         if not active:
@@ -244,20 +246,14 @@ def run_searches(cfg: ExperimentConfig, pool: Any, *, resume: bool = False, stop
 
         scores: dict[tuple, Score] = {}
         workers: dict[tuple, set[str]] = {}
-        started = {s.search_id: time.perf_counter() for s in active}
-        counted = {s.search_id: 0 for s in active}
 
         def on_result(job: Job, label: str, results: list) -> None:
             for (ident, r), score in results:
                 scores[(ident, r)] = score
                 workers.setdefault(ident, set()).add(label)
-                sid = ident[0]
-                counted[sid] += 1
-                bar = bars.get(sid)
+                bar = bars.get(ident[0])
                 if bar is not None:
-                    rate = counted[sid] / max(time.perf_counter() - started[sid], 1e-9)
-                    bar.set_postfix_str(f"scored {counted[sid]}/{(len(cands_of[sid]) + 1) * repeats} "
-                                        f"({rate:.2f} cand/s)", refresh=True)
+                    bar.update(1)
 
         pool.run(jobs, on_result)
         wall = time.perf_counter() - round_start
@@ -304,7 +300,7 @@ def run_searches(cfg: ExperimentConfig, pool: Any, *, resume: bool = False, stop
             s.wall_seconds += wall
             s.workers |= set().union(*wk.values()) if wk else set()
             if sid in bars:
-                bars[sid].update(1)
+                bars[sid].set_description(f"{sid} round {min(s.round + 1, 7)}/7", refresh=False)
         _save_state(results_dir, digest, states)
         if stop_after_round is not None and all(s.round >= stop_after_round for s in active):
             for bar in bars.values():

@@ -1,0 +1,118 @@
+"""Search throughput: candidates/s and round time with 1 and 2 scorer workers, and paper size.
+
+    .venv/bin/python benchmarks/bench_search.py [--quick] [--device cpu|cuda] [--paper-candidates 6]
+
+Part 1 runs the first pruning round of a small search (3-cell C=8 supernet, synthetic data)
+on a local Ray with 1 and then 2 scorer actors and prints candidates/s, round seconds and the
+speed-up. Part 2 scores a sample of candidates of the paper-size setting (5 cells, C=48,
+GroupNorm, 30 images of 32x32, MAML kernel, 3 repeats; linear regions on 3000 inputs) in
+this process on `--device` and extrapolates the time of a full round (127 networks x 3
+repeats) and of a whole search (507 networks x 3 repeats). Prints figures, asserts nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from harness.config import parse_config  # noqa: E402
+
+
+def small_config(out: str, workers: int) -> object:
+    return parse_config({
+        "experiment": {"name": f"bench{workers}", "seed": 0, "out": out},
+        "dataset": {"name": "synthetic", "options": {"train_classes": 10, "images_per_class": 10}},
+        "search": {"methods": ["metantk"], "seeds": [0], "cells": [3], "init_channels": 8,
+                   "kernel_image_size": 16, "repeats": 1, "region_inputs": 300, "region_batches": 1,
+                   "candidates_per_job": 8},
+        "resources": {"workers": workers},
+    }, source="bench")
+
+
+def first_round(workers: int, out: str) -> tuple[float, int]:
+    """Seconds of the first pruning round (127 networks) with `workers` actors."""
+    from harness.scorers import ScorerPool
+    from harness.search import SearchInterrupted, run_searches
+
+    cfg = small_config(out, workers)
+    pool = ScorerPool(workers=workers)
+    try:
+        # Warm-up: every actor builds its scorer (dataset + supernets) outside the timing.
+        from harness.scorers import Job
+        from harness.scoring import spec_from_config
+
+        spec = spec_from_config(cfg, 3)
+        warm = [Job(spec, ("warm", i), ("rn",), (((i, 0), np.ones((2, 9, 7), bool)),)) for i in range(workers)]
+        pool.run(warm, lambda *a: None)
+        start = time.perf_counter()
+        try:
+            run_searches(cfg, pool, stop_after_round=1, progress=False)
+        except SearchInterrupted:
+            pass
+        return time.perf_counter() - start, 127
+    finally:
+        pool.shutdown()
+
+
+def paper_sample(device: str, n: int) -> dict[str, float]:
+    """Seconds per MetaNTK CN and per region count at paper size, on `device`."""
+    import torch
+
+    from harness.scoring import Scorer, spec_from_config
+
+    cfg = parse_config({"experiment": {"name": "paper"}, "dataset": {"name": "synthetic"},
+                        "search": {"cells": [5], "init_channels": 48}}, source="paper")
+    spec = spec_from_config(cfg, 5)
+    scorer = Scorer(spec, torch.device(device))
+    masks = np.ones((2, 9, 7), bool)
+    rng = np.random.default_rng(0)
+    scorer.score(masks, (0, "warm", 0, 0), ("cn_meta", "rn"))  # warm-up (allocations, cudnn)
+    cn, rn = [], []
+    for i in range(n):
+        m = masks.copy()
+        m[rng.integers(2), rng.integers(9), rng.integers(7)] = False
+        cn.append(scorer.score(m, (0, "paper", 0, 0), ("cn_meta",)).seconds)
+        rn.append(scorer.score(m, (0, "paper", 0, 0), ("rn",)).seconds)
+    return {"cn": float(np.median(cn)), "rn": float(np.median(rn))}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quick", action="store_true", help="skip the Ray part")
+    p.add_argument("--paper-candidates", type=int, default=4)
+    p.add_argument("--out", default="/tmp/metantk-bench-search")
+    args = p.parse_args()
+    import torch
+
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, device {args.device}"
+          + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""))
+    if not args.quick:
+        from harness.ray_session import ensure_ray
+
+        ensure_ray("", 2)
+        rows = {w: first_round(w, args.out) for w in (1, 2)}
+        print("\nfirst pruning round, 3-cell C=8 supernet, 30 images 16x16, repeats 1 (127 networks)")
+        print(f"{'workers':>8} {'round s':>9} {'cand/s':>8}")
+        for w, (sec, n) in rows.items():
+            print(f"{w:>8} {sec:>9.1f} {n / sec:>8.2f}")
+        print(f"speed-up 2 vs 1 workers: {rows[1][0] / rows[2][0]:.2f}x")
+    t = paper_sample(args.device, args.paper_candidates)
+    per_net = t["cn"] + t["rn"]
+    round_s = 127 * 3 * per_net
+    search_s = 507 * 3 * per_net
+    print(f"\npaper size (5 cells, C=48, MAML kernel, 30 images 32x32; regions on 3000 inputs), {args.device}:")
+    print(f"  MetaNTK CN {t['cn']:.3f} s + regions {t['rn']:.3f} s per network (median of {args.paper_candidates})")
+    print(f"  round 1 (127 networks x 3 repeats) ~ {round_s / 60:.1f} min on one worker;"
+          f" whole search (507 x 3) ~ {search_s / 60:.1f} min = {search_s / 3600:.2f} device-hours")
+    print("  reference: 1.54 GPU-hours per 5-cell miniImageNet search on a V100")
+
+
+if __name__ == "__main__":
+    main()
