@@ -68,7 +68,7 @@ class SearchSection:
     repeats: int = 3
     kernel_output: str = "sum"       # sum | full
     kernel_params: str = "weights"   # weights | all
-    kernel_backend: str = "func"
+    kernel_backend: str = "hooks"     # kernels.ntk.NTK_BACKENDS: hooks (fastest exact), func, opacus, loop
     norm: str = "group"              # group | batch(eval-mode only)
     region_inputs: int = 1000
     region_batches: int = 3
@@ -154,6 +154,7 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("search", "kernel_output"): ("sum", "full"),
     ("search", "kernel_params"): ("weights", "all"),
     ("search", "norm"): ("group", "batch"),
+    ("search", "kernel_backend"): ("hooks", "func", "opacus", "loop"),
 }
 
 

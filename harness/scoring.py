@@ -174,7 +174,9 @@ class Scorer:
             from kernels import count_linear_regions
 
             self.thin.set_masks(m)
-            out["rn"] = float(count_linear_regions(self.thin, self.region_x))
+            # Batches of `region_inputs` as the reference: the thin net's train-mode BatchNorm
+            # normalises each batch with its own statistics.
+            out["rn"] = float(count_linear_regions(self.thin, self.region_x, batch_size=self.spec.region_inputs))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return Score(**out, seconds=time.perf_counter() - start)
