@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from kernels._gram import accumulate_gram
+
 __all__ = ["per_sample_gram_hooks", "SUPPORTED_MODULES"]
 
 SUPPORTED_MODULES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d, nn.GroupNorm, _BatchNorm)
@@ -205,14 +207,12 @@ def per_sample_gram_hooks(model: nn.Module, x: Tensor, params: list[nn.Parameter
             if total is None:
                 total = torch.zeros(N, p.numel(), dtype=p.dtype, device=x.device)
             if output == "sum":
-                G = total.to(torch.float64)
-                K.addmm_(G, G.T)
+                accumulate_gram(K, total)
             else:
                 pending[id(p)].append(total)
         del grads, dys
     if output == "full":
         for p in params:
             # (k, N, P) -> (N, k, P) -> (N*k, P): sample-major rows
-            G = torch.stack(pending.pop(id(p)), dim=1).reshape(R, -1).to(torch.float64)
-            K.addmm_(G, G.T)
+            accumulate_gram(K, torch.stack(pending.pop(id(p)), dim=1).reshape(R, -1))
     return K

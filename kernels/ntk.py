@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
+from kernels._gram import accumulate_gram
 from kernels._persample import per_sample_gram_hooks
 from kernels._precision import full_fp32
 
@@ -104,8 +105,7 @@ def _gram_of_rows(rows: list[Tensor]) -> Tensor:
     R = rows[0].shape[0]
     K = torch.zeros(R, R, dtype=torch.float64, device=rows[0].device)
     for block in rows:
-        G = block.reshape(R, -1).to(torch.float64)
-        K.addmm_(G, G.T)
+        accumulate_gram(K, block)
     return K
 
 
