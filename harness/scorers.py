@@ -22,7 +22,8 @@ from harness.scoring import Score, ScoreSpec
 
 MAX_RESTARTS = 4
 MAX_TASK_RETRIES = 4
-IN_FLIGHT_PER_ACTOR = 2  # one running, one queued: hides the round trip
+IN_FLIGHT_PER_ACTOR = 2
+START_TIMEOUT_S = 300  # one running, one queued: hides the round trip
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,14 @@ class ScorerPool:
     def __init__(self, workers: int = 0, gpus_per_worker: float = 1.0) -> None:
         self.size, self._options = plan_workers(workers, gpus_per_worker)
         self._actors = [self._new_actor(i) for i in range(self.size)]
-        infos = ray.get([a.info.remote() for a in self._actors])
+        try:
+            infos = ray.get([a.info.remote() for a in self._actors], timeout=START_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            self.shutdown()
+            raise RuntimeError(
+                f"could not start {self.size} scorer actors with {self._options} each within {START_TIMEOUT_S}s; "
+                f"available now: {ray.available_resources()}. Free the cluster or ask for fewer --workers"
+            ) from None
         self.device_kind = infos[0]["device_kind"]
 
     def _new_actor(self, index: int) -> Any:

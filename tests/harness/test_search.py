@@ -27,14 +27,31 @@ def tiny_config(out, name="tiny", methods=("metantk", "random"), workers=1):
     }, source="tiny")
 
 
+class Pools:
+    """One live pool at a time: the test Ray has 2 CPUs and each actor takes one."""
+
+    def __init__(self):
+        self.current = None
+
+    def __getitem__(self, workers):
+        from harness.scorers import ScorerPool
+
+        if self.current is None or self.current.size != workers:
+            self.close()
+            self.current = ScorerPool(workers=workers)
+        return self.current
+
+    def close(self):
+        if self.current is not None:
+            self.current.shutdown()
+            self.current = None
+
+
 @pytest.fixture(scope="module")
 def pools(ray_session):
-    from harness.scorers import ScorerPool
-
-    made = {n: ScorerPool(workers=n) for n in (1, 2)}
+    made = Pools()
     yield made
-    for pool in made.values():
-        pool.shutdown()
+    made.close()
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +142,6 @@ def test_resume_refuses_a_changed_config(baseline, pools):
     from harness.errors import UserError
 
     cfg1, _ = baseline
-    changed = cfg1.replace("search", repeats=1)
+    changed = cfg1.replace("search", region_inputs=61)
     with pytest.raises(UserError, match="different experiment config"):
         run_searches(changed, pools[1], resume=True, progress=False)
