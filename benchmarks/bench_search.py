@@ -82,11 +82,37 @@ def paper_sample(device: str, n: int) -> dict[str, float]:
     return {"cn": float(np.median(cn)), "rn": float(np.median(rn))}
 
 
+def paper_rounds(device: str, rounds: int, out: str) -> list[tuple[int, float, int]]:
+    """Run `rounds` real rounds of a paper-size metantk search in this process on `device`."""
+    import time as _time
+
+    from harness.scoring import InlinePool
+    from harness.search import SearchInterrupted, run_searches
+
+    cfg = parse_config({"experiment": {"name": "paper-search", "seed": 0, "out": out},
+                        "dataset": {"name": "synthetic"},
+                        "search": {"methods": ["metantk"], "cells": [5], "init_channels": 48, "repeats": 3}},
+                       source="paper")
+    pool = InlinePool(device)
+    times = []
+    for r in range(1, rounds + 1):
+        start = _time.perf_counter()
+        try:
+            run_searches(cfg, pool, resume=r > 1, stop_after_round=r if r < 7 else None, progress=False)
+        except SearchInterrupted:
+            pass
+        n = [127, 109, 91, 73, 55, 37, 15][r - 1] * 3
+        times.append((r, _time.perf_counter() - start, n))
+    return times
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true", help="skip the Ray part")
     p.add_argument("--paper-candidates", type=int, default=4)
+    p.add_argument("--paper-rounds", type=int, default=0,
+                   help="also run this many real rounds (1-7) of a paper-size search in-process (GPU)")
     p.add_argument("--out", default="/tmp/metantk-bench-search")
     args = p.parse_args()
     import torch
@@ -112,6 +138,16 @@ def main() -> None:
     print(f"  round 1 (127 networks x 3 repeats) ~ {round_s / 60:.1f} min on one worker;"
           f" whole search (507 x 3) ~ {search_s / 60:.1f} min = {search_s / 3600:.2f} device-hours")
     print("  reference: 1.54 GPU-hours per 5-cell miniImageNet search on a V100")
+    if args.paper_rounds:
+        import shutil
+
+        shutil.rmtree(Path(args.out) / "paper-search", ignore_errors=True)
+        rows = paper_rounds(args.device, min(args.paper_rounds, 7), args.out)
+        total = sum(t for _, t, _ in rows)
+        print(f"\npaper-size search, real rounds in-process on {args.device} (networks = (candidates+origin) x 3):")
+        for r, t, n in rows:
+            print(f"  round {r}: {t:7.1f} s  {n:4d} networks  {n / t:6.2f} networks/s")
+        print(f"  {len(rows)} round(s): {total:.1f} s" + ("  (whole search)" if len(rows) == 7 else ""))
 
 
 if __name__ == "__main__":

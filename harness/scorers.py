@@ -12,28 +12,17 @@ import os
 import socket
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Sequence
 
 import numpy as np
 import ray
 
-from harness.scoring import Score, ScoreSpec
+from harness.scoring import Job, Score, ScoreSpec  # noqa: F401  (Job re-exported)
 
 MAX_RESTARTS = 4
 MAX_TASK_RETRIES = 4
 IN_FLIGHT_PER_ACTOR = 2
 START_TIMEOUT_S = 300  # one running, one queued: hides the round trip
-
-
-@dataclass(frozen=True)
-class Job:
-    """Score `items` (ids with (2,9,7) masks) of one spec under one key (search, round, repeat)."""
-
-    spec: ScoreSpec
-    key: tuple
-    measures: tuple[str, ...]
-    items: tuple[tuple[Hashable, np.ndarray], ...]
 
 
 @ray.remote

@@ -68,6 +68,16 @@ class ScoreSpec:
 
 
 @dataclass(frozen=True)
+class Job:
+    """Score `items` (ids with (2,9,7) masks) of one spec under one key (search, round, repeat)."""
+
+    spec: ScoreSpec
+    key: tuple
+    measures: tuple[str, ...]
+    items: tuple[tuple[Any, np.ndarray], ...]
+
+
+@dataclass(frozen=True)
 class Score:
     cn_meta: float = math.nan
     cn_ntk: float = math.nan
@@ -202,3 +212,28 @@ def spec_from_config(cfg: Any, cells: int) -> ScoreSpec:
         kernel_output=s.kernel_output, kernel_params=s.kernel_params, kernel_backend=s.kernel_backend,
         norm=s.norm, region_inputs=s.region_inputs, region_batches=s.region_batches,
     )
+
+
+class InlinePool:
+    """A scorer pool in this process (no Ray): same `run(jobs, on_result)` as `ScorerPool`.
+
+    For benchmarks, debugging and machines without Ray; scores are identical to the actors'
+    (same pure function). `device` is where the networks live.
+    """
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.size = 1
+        self.device_kind = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+        self.label = f"inline:{self.device}"
+        self._scorers: dict[ScoreSpec, Scorer] = {}
+
+    def run(self, jobs: Any, on_result: Any) -> None:
+        for job in jobs:
+            scorer = self._scorers.get(job.spec)
+            if scorer is None:
+                scorer = self._scorers[job.spec] = Scorer(job.spec, self.device)
+            on_result(job, self.label, [(ident, scorer.score(m, job.key, job.measures)) for ident, m in job.items])
+
+    def shutdown(self) -> None:
+        self._scorers.clear()

@@ -27,7 +27,7 @@ from harness import store
 from harness.config import (FIXED_METHODS, GENOTYPE_METHOD_PREFIX, PRUNING_METHODS, ExperimentConfig, to_toml)
 from harness.errors import UserError
 from harness.ranking import Candidate, EDGE_GROUPS, choose_edges, choose_prunes, mean_delta, rank_candidates, relative_delta
-from harness.scoring import N_EDGES, N_OPS, Score, ScoreSpec, generator, spec_from_config
+from harness.scoring import N_EDGES, N_OPS, Job, Score, ScoreSpec, generator, spec_from_config
 
 STATE_FILE = "state/searches.json"
 CELL_NAMES = ("normal", "reduce")
@@ -228,8 +228,6 @@ def run_searches(cfg: ExperimentConfig, pool: Any, *, resume: bool = False, stop
             break
         round_start = time.perf_counter()
         jobs, cands_of = [], {}
-        from harness.scorers import Job
-
         for s in active:
             masks = np.array(s.masks, dtype=bool)
             cands = op_candidates(masks) if s.stage == "ops" else edge_candidates()
