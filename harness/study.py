@@ -338,7 +338,8 @@ def finish_proxy_study(cfg: Any) -> Path:
 def plot_proxies(frame: Any, path: Path, *, n_boot: int = 1000, seed: int = 0, title: str = "") -> Path:
     """One grid PNG: rows = targets (1-shot, 5-shot), columns = proxies present in `frame`.
 
-    Condition numbers on a log x axis; infinite ones drawn as red crosses at the right edge.
+    Condition numbers as log10 (they span decades); infinite ones drawn as red crosses at
+    the right edge.
     Each panel's title gives Kendall tau with its 95% bootstrap interval, computed by
     `harness.report.correlation_table` (proxy oriented so that positive = predictive).
     Written atomically; returns `path`.
@@ -361,26 +362,27 @@ def plot_proxies(frame: Any, path: Path, *, n_boot: int = 1000, seed: int = 0, t
                              squeeze=False)
     for j, column in enumerate(columns):
         x = frame[column].to_numpy(dtype=np.float64)
+        if column in CN_COLUMNS:
+            with np.errstate(divide="ignore"):
+                x = np.log10(x)
         finite = np.isfinite(x)
         for i, target in enumerate(TARGETS):
             ax = axes[i, j]
             y = 100 * frame[target].to_numpy(dtype=np.float64)
             ax.scatter(x[finite], y[finite], s=14, alpha=0.8)
             if (~finite & ~np.isnan(x)).any():
-                right = np.nanmax(x[finite]) * (3 if column in CN_COLUMNS else 1.1) if finite.any() else 1.0
+                right = np.nanmax(x[finite]) + 0.1 * max(np.ptp(x[finite]), 1.0) if finite.any() else 1.0
                 ax.scatter(np.full((~finite).sum(), right), y[~finite], marker="x", color="red", s=20,
                            label="inf")
                 ax.legend(loc="best", fontsize=7)
-            if column in CN_COLUMNS:
-                ax.set_xscale("log")
             r = corr[(corr["proxy"] == column) & (corr["target"] == target)].iloc[0]
             tau = "n/a" if not math.isfinite(r.kendall_tau) else f"{r.kendall_tau:+.2f}"
             ci = f" [{r.kendall_lo:+.2f}, {r.kendall_hi:+.2f}]" if math.isfinite(r.kendall_lo) else ""
-            ax.set_title(f"τ = {tau}{ci}", fontsize=9)
+            ax.set_title((PROXY_LABELS[column] + "\n" if i == 0 else "") + f"Kendall τ = {tau}{ci}", fontsize=9)
             ax.tick_params(labelsize=7)
             if i == len(TARGETS) - 1:
-                ax.set_xlabel(PROXY_LABELS[column] + (" (lower = better)" if column in CN_COLUMNS else ""),
-                              fontsize=8)
+                ax.set_xlabel("log10 condition number (lower = better)" if column in CN_COLUMNS
+                              else "regions (higher = better)", fontsize=8)
             if j == 0:
                 ax.set_ylabel(TARGET_LABELS[target] + " (%)", fontsize=8)
     if title:
