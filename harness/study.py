@@ -202,13 +202,13 @@ def score_proxies(cfg: Any, searches: Sequence[Mapping[str, Any]], *, progress: 
 
     Returns one dict per row, in order: search_id, method, seed, cells, genotype, the four
     proxy columns (PROXY_COLUMNS, repeat-aggregated, see module doc) and seconds (scoring
-    time summed over repeats and kernels). `pool`: a `harness.scorers.ScorerPool` (or any
-    object with `.run(jobs, on_result)`); None starts one (`harness.cmd_search.start_pool`)
+    time summed over repeats and kernels). `pool`: a `harness.scorers.ScorerPool`, a
+    `harness.scoring.InlinePool` or any object with `.run(jobs, on_result)`; None starts one (`harness.cmd_search.start_pool`)
     and shuts it down afterwards, and only if something is left to score.
     """
     from tqdm.auto import tqdm
 
-    from harness.scorers import Job
+    from harness.scoring import Job
     from search_spaces.genotypes import Genotype
     from search_spaces.supernet import genotype_masks
 

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness import store
+from harness import scoring, store
 from harness.config import parse_config
 from harness.errors import UserError
-from harness.scoring import Scorer, generator
+from harness.scoring import generator
 from harness.study import (INIT_FILE, PLOT_FILE, PROXY_COLUMNS, aggregate, finish_proxy_study,
                            geometric_mean_cn, load_init, proxy_specs, score_proxies)
 
@@ -40,18 +40,16 @@ def search_rows(cfg, seeds=(0, 1, 2)):
              "genotype": sample_genotype(generator(cfg.experiment.seed, s)).to_str()} for s in seeds]
 
 
-class InlinePool:
-    """The `ScorerPool` interface in-process (no Ray): one Scorer per spec, jobs in order."""
+class InlinePool(scoring.InlinePool):
+    """The in-process pool, recording the jobs it ran."""
 
     def __init__(self):
-        self.scorers = {}
+        super().__init__("cpu")
         self.jobs = []
 
     def run(self, jobs, on_result):
-        for job in jobs:
-            self.jobs.append(job)
-            scorer = self.scorers.get(job.spec) or self.scorers.setdefault(job.spec, Scorer(job.spec))
-            on_result(job, "inline", [(i, scorer.score(m, job.key, job.measures)) for i, m in job.items])
+        self.jobs += list(jobs)
+        super().run(jobs, on_result)
 
 
 class RefusingPool:
