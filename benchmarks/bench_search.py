@@ -82,7 +82,7 @@ def paper_sample(device: str, n: int) -> dict[str, float]:
     return {"cn": float(np.median(cn)), "rn": float(np.median(rn))}
 
 
-def paper_rounds(device: str, rounds: int, out: str) -> list[tuple[int, float, int]]:
+def paper_rounds(device: str, rounds: int, out: str, cells: int = 5, channels: int = 48) -> list[tuple[int, float, int]]:
     """Run `rounds` real rounds of a paper-size metantk search in this process on `device`."""
     import time as _time
 
@@ -91,7 +91,7 @@ def paper_rounds(device: str, rounds: int, out: str) -> list[tuple[int, float, i
 
     cfg = parse_config({"experiment": {"name": "paper-search", "seed": 0, "out": out},
                         "dataset": {"name": "synthetic"},
-                        "search": {"methods": ["metantk"], "cells": [5], "init_channels": 48, "repeats": 3}},
+                        "search": {"methods": ["metantk"], "cells": [cells], "init_channels": channels, "repeats": 3}},
                        source="paper")
     pool = InlinePool(device)
     times = []
@@ -103,6 +103,7 @@ def paper_rounds(device: str, rounds: int, out: str) -> list[tuple[int, float, i
             pass
         n = [127, 109, 91, 73, 55, 37, 15][r - 1] * 3
         times.append((r, _time.perf_counter() - start, n))
+        print(f"  round {r}: {times[-1][1]:7.1f} s  {n:4d} networks  {n / times[-1][1]:6.2f} networks/s", flush=True)
     return times
 
 
@@ -113,6 +114,8 @@ def main() -> None:
     p.add_argument("--paper-candidates", type=int, default=4)
     p.add_argument("--paper-rounds", type=int, default=0,
                    help="also run this many real rounds (1-7) of a paper-size search in-process (GPU)")
+    p.add_argument("--paper-cells", type=int, default=5, help=argparse.SUPPRESS)     # smoke-testing the script
+    p.add_argument("--paper-channels", type=int, default=48, help=argparse.SUPPRESS)
     p.add_argument("--out", default="/tmp/metantk-bench-search")
     args = p.parse_args()
     import torch
@@ -129,7 +132,7 @@ def main() -> None:
         for w, (sec, n) in rows.items():
             print(f"{w:>8} {sec:>9.1f} {n / sec:>8.2f}")
         print(f"speed-up 2 vs 1 workers: {rows[1][0] / rows[2][0]:.2f}x")
-    t = paper_sample(args.device, args.paper_candidates)
+    t = paper_sample(args.device, args.paper_candidates) if args.paper_candidates else {"cn": 0.0, "rn": 0.0}
     per_net = t["cn"] + t["rn"]
     round_s = 127 * 3 * per_net
     search_s = 507 * 3 * per_net
@@ -142,11 +145,9 @@ def main() -> None:
         import shutil
 
         shutil.rmtree(Path(args.out) / "paper-search", ignore_errors=True)
-        rows = paper_rounds(args.device, min(args.paper_rounds, 7), args.out)
-        total = sum(t for _, t, _ in rows)
         print(f"\npaper-size search, real rounds in-process on {args.device} (networks = (candidates+origin) x 3):")
-        for r, t, n in rows:
-            print(f"  round {r}: {t:7.1f} s  {n:4d} networks  {n / t:6.2f} networks/s")
+        rows = paper_rounds(args.device, min(args.paper_rounds, 7), args.out, args.paper_cells, args.paper_channels)
+        total = sum(t for _, t, _ in rows)
         print(f"  {len(rows)} round(s): {total:.1f} s" + ("  (whole search)" if len(rows) == 7 else ""))
 
 

@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -313,10 +314,11 @@ def _finish(cfg: ExperimentConfig, states: list[SearchState], by_id: dict[str, S
             pool_size: int) -> list[dict[str, Any]]:
     """Write the `searches` rows and render the cells of every finished search."""
     from search_spaces.genotypes import Genotype
-    from search_spaces.render import render_genotype
+    from search_spaces.render import DotNotFoundError, render_genotype
 
     results_dir = cfg.results_dir
     rows = []
+    warned = False
     for s in states:
         genotype = Genotype.from_str(s.genotype)
         row = {
@@ -328,7 +330,12 @@ def _finish(cfg: ExperimentConfig, states: list[SearchState], by_id: dict[str, S
             "params": network_params(cfg, genotype, s.cells),
         }
         store.write_rows(results_dir, "searches", s.search_id, [row])
-        render_genotype(genotype, results_dir / "cells", s.search_id, formats=("svg", "png"))
+        try:
+            render_genotype(genotype, results_dir / "cells", s.search_id, formats=("svg", "png"))
+        except DotNotFoundError as exc:  # the .gv sources are written; say once how to get images
+            if not warned:
+                print(f"warning: {exc}", file=sys.stderr)
+                warned = True
         rows.append(row)
     return rows
 

@@ -65,3 +65,14 @@ def test_cli_overrides(tmp_path):
     path = _write(tmp_path, '[experiment]\nname="x"\n')
     cfg = load_config(path, {"resources": {"workers": 3, "address": None}, "dataset": {"root": "/data"}})
     assert cfg.resources.workers == 3 and cfg.resources.address == "" and cfg.dataset.root == "/data"
+
+
+def test_cli_reports_a_bad_config_in_one_line(tmp_path, capsys):
+    from harness.cli import main
+
+    path = _write(tmp_path, '[experiment]\nname="x"\n[search]\nrepeats="many"\n')
+    assert main(["search", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "search.repeats: expected an integer" in err[0]
+    assert main(["run", str(tmp_path / "missing.toml")]) == 2
+    assert "not found" in capsys.readouterr().err
