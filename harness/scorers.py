@@ -34,6 +34,10 @@ class ScorerActor:
         gpu_ids = ray.get_gpu_ids()
         # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU: it is device 0 here.
         self.device = torch.device("cuda", 0) if gpu_ids and torch.cuda.is_available() else torch.device("cpu")
+        if self.device.type == "cpu":
+            # One CPU slot, one thread: tiny convolutions oversubscribed across threads run
+            # 10-40x slower on a busy 2-core box (measured).
+            torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
         self.label = f"{socket.gethostname()}:{self.device.type}{gpu_ids[0] if gpu_ids else ''}#{index}"
         self._scorers: dict[ScoreSpec, Any] = {}
 
