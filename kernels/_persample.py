@@ -61,6 +61,10 @@ def _conv2d_padded(m: nn.Conv2d, a: Tensor) -> tuple[Tensor, tuple[int, int]]:
     return a, (int(m.padding[0]), int(m.padding[1]))
 
 
+# Dense convs with at most this many output positions use unfold + bmm (see _grad_conv2d).
+_SMALL_OUTPUT = 128
+
+
 def _grad_conv2d(m: nn.Conv2d, name: str, a: Tensor, dy: Tensor) -> Tensor:
     """Per-sample Conv2d gradients, (N, P).
 
@@ -68,13 +72,20 @@ def _grad_conv2d(m: nn.Conv2d, name: str, a: Tensor, dy: Tensor) -> Tensor:
     one sample. Folding the batch into the channels, ``(1, N*C_in, H, W)`` with
     ``groups = N * G``, turns all N of them into ONE weight-gradient convolution (the
     kernel autograd uses for the batched backward), ``(N*C_out, C_in/G, kh, kw)``: measured
-    3-7x faster on CPU than unfold + einsum, and no (N, C_in*kh*kw, L) column copy.
+    3-7x faster on CPU than unfold + einsum for depthwise and large-image convs, with no
+    (N, C_in*kh*kw, L) column copy. For dense convs on small outputs (L <= 128 positions,
+    e.g. 192 channels at 8x8) one unfold + batched matmul ``dy (N, C_out, L) @ cols^T`` is
+    2x faster (measured). The choice depends only on shapes, so results are reproducible.
     """
     N = a.shape[0]
     if name == "bias":
         return dy.sum(dim=(2, 3))
     a, padding = _conv2d_padded(m, a)
     G = m.groups
+    L = dy.shape[2] * dy.shape[3]
+    if G == 1 and L <= _SMALL_OUTPUT:
+        cols = F.unfold(a, m.kernel_size, dilation=m.dilation, padding=padding, stride=m.stride)
+        return torch.bmm(dy.reshape(N, m.out_channels, L), cols.transpose(1, 2)).reshape(N, -1)
     grad = torch.nn.grad.conv2d_weight(
         a.reshape(1, N * a.shape[1], *a.shape[2:]),
         (N * m.out_channels, m.in_channels // G, *m.kernel_size),
@@ -168,6 +179,10 @@ def per_sample_gram_hooks(model: nn.Module, x: Tensor, params: list[nn.Parameter
     N = x.shape[0]
     if logits.dim() != 2 or logits.shape[0] != N:
         raise ValueError(f"model(x) must return (N, k) logits, got shape {tuple(logits.shape)}")
+    # Outputs computed without grad (e.g. a frozen branch under no_grad) carry no gradient
+    # to any parameter: they are dropped, exactly as autograd would give those uses zero.
+    for key in records:
+        records[key] = [r for r in records[key] if r.y.requires_grad]
     outs: list[Tensor] = []
     for key, recs in records.items():
         for r in recs:
@@ -184,6 +199,8 @@ def per_sample_gram_hooks(model: nn.Module, x: Tensor, params: list[nn.Parameter
     targets = [logits.sum()] if output == "sum" else [logits[:, c].sum() for c in range(k)]
     R = N * len(targets) if output == "full" else N
     K = torch.zeros(R, R, dtype=torch.float64, device=x.device)
+    if not outs:  # no selected parameter influences the logits: the kernel is zero
+        return K
     # per-pass per-sample gradients, per parameter: list over passes of (N, P)
     pending: dict[int, list[Tensor]] = {id(p): [] for p in params}
     for j, target in enumerate(targets):

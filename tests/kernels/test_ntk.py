@@ -274,3 +274,52 @@ def test_anil_inner_kernel_and_head_features_validate():
         anil_inner_kernel(torch.randn(3), 2)
     with pytest.raises(ValueError, match="forward_features"):
         head_features(nn.Linear(3, 2), torch.randn(2, 3))
+
+
+class _FrozenBranch(nn.Module):
+    """A conv used once under no_grad and once normally: only the second use counts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, padding=1)
+        self.classifier = nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            frozen = self.conv(x)
+        h = self.conv(x) + frozen
+        return self.classifier(h.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("backend", ["hooks", "func"])
+def test_uses_under_no_grad_contribute_nothing(backend):
+    torch.manual_seed(0)
+    model = _FrozenBranch()
+    x = torch.randn(4, 2, 5, 5)
+    ref = empirical_ntk(model, x, output="full", backend="loop")
+    assert _rel(empirical_ntk(model, x, output="full", backend=backend), ref) < 1e-6
+
+
+@pytest.mark.parametrize("conv, size", [
+    (dict(in_channels=3, out_channels=4, kernel_size=3, padding=1), 4),              # unfold + bmm
+    (dict(in_channels=3, out_channels=4, kernel_size=3, padding=1), 13),             # grouped trick
+    (dict(in_channels=4, out_channels=4, kernel_size=(1, 5), padding=(0, 2), stride=(1, 2)), 24),
+    (dict(in_channels=4, out_channels=4, kernel_size=3, padding=2, dilation=2, groups=4), 12),
+    (dict(in_channels=4, out_channels=6, kernel_size=3, padding="same", groups=2, padding_mode="circular"), 12),
+])
+def test_per_sample_conv_gradients_match_autograd(conv, size):
+    """Both per-sample Conv2d rules (small outputs: unfold + bmm; else grouped conv)."""
+    from kernels._persample import _grad_conv2d
+
+    g = torch.Generator().manual_seed(7)
+    torch.manual_seed(7)
+    m = nn.Conv2d(**conv, bias=True).double()
+    a = torch.randn(3, conv["in_channels"], size, size, generator=g, dtype=torch.float64)
+    y = m(a)
+    dy = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    for name in ("weight", "bias"):
+        expected = torch.stack([
+            torch.autograd.grad(m(a[n:n + 1]), getattr(m, name), dy[n:n + 1])[0].flatten()
+            for n in range(3)])
+        got = _grad_conv2d(m, name, a, dy)
+        assert torch.allclose(got, expected, rtol=1e-12, atol=1e-12)
