@@ -10,8 +10,9 @@ parameter's per-sample gradient is a per-layer contraction of ``a`` and ``dy``:
 
 - ``nn.Linear``: ``dW[n] = sum_l dy[n, l]^T a[n, l]`` (l: any middle dims), ``db[n] = sum_l dy``.
 - ``nn.Conv2d`` (any stride / padding / dilation / groups / padding mode): one grouped
-  weight-gradient convolution with the batch folded into the channels (``_grad_conv2d``);
-  ``db[n] = sum over positions of dy``.
+  weight-gradient convolution with the batch folded into the channels, or for dense convs
+  with small outputs one unfold + batched matmul (``_grad_conv2d``); ``db[n] = sum over
+  positions of dy``.
 - ``nn.GroupNorm`` and eval-mode ``BatchNorm`` affine parameters (``params="all"``):
   ``dgamma[n] = sum over positions of xhat * dy``, ``dbeta[n] = sum of dy`` with ``xhat``
   recomputed from the recorded input.
