@@ -48,12 +48,13 @@ class ScorerActor:
         return {"pid": os.getpid(), "label": self.label, "device_kind": kind}
 
     def score(self, job: Job) -> tuple[str, list[tuple[Hashable, Score]]]:
-        from harness.scoring import Scorer
+        from harness.scoring import Scorer, default_batch
 
         scorer = self._scorers.get(job.spec)
         if scorer is None:
             scorer = self._scorers[job.spec] = Scorer(job.spec, self.device)
-        return self.label, [(ident, scorer.score(masks, job.key, job.measures)) for ident, masks in job.items]
+        scores = scorer.score_many([m for _, m in job.items], job.key, job.measures, batch=default_batch(self.device))
+        return self.label, [(ident, sc) for (ident, _), sc in zip(job.items, scores)]
 
 
 def plan_workers(requested: int, gpus_per_worker: float) -> tuple[int, dict[str, float]]:

@@ -103,15 +103,26 @@ class MixedEdge(nn.Module):
         super().__init__()
         self.ops = nn.ModuleList(make_op(name, C, stride, norm, affine) for name in PRIMITIVES)
 
-    def forward(self, x: torch.Tensor, active: Sequence[int]) -> torch.Tensor | None:
+    def forward(self, x: torch.Tensor, active: Sequence[int],
+                weights: torch.Tensor | None = None) -> torch.Tensor | None:
         """`active`: indices into PRIMITIVES; inactive ops are not run. None when `active` is
-        empty (a removed edge: the caller adds nothing)."""
+        empty (a removed edge: the caller adds nothing).
+
+        `weights` (N, 7): per-sample op weights (mask / number of active ops of that sample's
+        candidate; see `Supernet.sample_masks`); `active` is then the union over samples, and a
+        sample whose weight for an op is 0 gets exactly no contribution from it."""
         if not active:
             return None
-        out = self.ops[active[0]](x)
-        for i in active[1:]:
-            out = out + self.ops[i](x)
-        return out / len(active) if len(active) > 1 else out
+        if weights is None:
+            out = self.ops[active[0]](x)
+            for i in active[1:]:
+                out = out + self.ops[i](x)
+            return out / len(active) if len(active) > 1 else out
+        out = None
+        for i in active:
+            h = self.ops[i](x) * weights[:, i].view(-1, 1, 1, 1)
+            out = h if out is None else out + h
+        return out
 
 
 class SearchCell(nn.Module):
@@ -133,14 +144,15 @@ class SearchCell(nn.Module):
         self.multiplier = NODES
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor,
-                active: Sequence[Sequence[int]]) -> torch.Tensor:
-        """`active[e]`: active op indices of edge e (9 lists)."""
+                active: Sequence[Sequence[int]], weights: torch.Tensor | None = None) -> torch.Tensor:
+        """`active[e]`: active op indices of edge e (9 lists); `weights` (N, 9, 7) per-sample op
+        weights when candidates are batched (see `Supernet.sample_masks`)."""
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         e = 0
         for _ in range(NODES):
             node = None
             for j in range(len(states)):
-                h = self.edges[e](states[j], active[e])
+                h = self.edges[e](states[j], active[e], None if weights is None else weights[:, e])
                 if h is not None:
                     node = h if node is None else node + h
                 e += 1
@@ -198,6 +210,10 @@ class Supernet(nn.Module):
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_prev, num_classes)
         self.masks: dict[str, torch.Tensor] = full_masks()
+        # Batched candidates (GPU scoring): bool (B, 2, 9, 7) = one mask per candidate for
+        # [normal, reduce]; the batch holds B equal-size contiguous groups of samples, group b
+        # computed as if `masks` were candidate b's. None: the stored `masks` for every sample.
+        self.sample_masks: torch.Tensor | None = None
 
     def set_masks(self, masks: Masks) -> None:
         """Validate and store masks `{cell type: bool (9, 7)}` (a CPU copy)."""
@@ -211,12 +227,31 @@ class Supernet(nn.Module):
         m = self.masks if masks is None else validate_masks(masks)
         return {t: [torch.nonzero(row).flatten().tolist() for row in m[t]] for t in CELL_TYPES}
 
+    def _sample_weights(self, n: int) -> tuple[dict[str, list[list[int]]], dict[str, torch.Tensor]]:
+        """Union of active ops over the batched candidates and per-sample op weights (n, 9, 7)."""
+        sm = self.sample_masks
+        if sm is None or sm.dim() != 4 or tuple(sm.shape[1:]) != (2, EDGES_PER_CELL, NUM_OPS) or sm.dtype != torch.bool:
+            raise ValueError("sample_masks must be a bool tensor (B, 2, 9, 7)")
+        if n % sm.shape[0]:
+            raise ValueError(f"batch of {n} samples is not {sm.shape[0]} equal groups (one per candidate)")
+        union = sm.any(dim=0).cpu()
+        active = {t: [torch.nonzero(row).flatten().tolist() for row in union[i]] for i, t in enumerate(CELL_TYPES)}
+        w = sm.to(torch.float32)
+        w = w / w.sum(dim=-1, keepdim=True).clamp(min=1.0)
+        w = w.repeat_interleave(n // sm.shape[0], dim=0)
+        return active, {t: w[:, i] for i, t in enumerate(CELL_TYPES)}
+
     def forward_features(self, x: torch.Tensor, masks: Masks | None = None) -> torch.Tensor:
         """Pooled features feeding the head: (N, in_channels, H, W) -> (N, feature_dim)."""
-        active = self._active(masks)
+        weights: dict[str, torch.Tensor] | None = None
+        if self.sample_masks is not None and masks is None:
+            active, weights = self._sample_weights(x.shape[0])
+            weights = {t: w.to(device=x.device, dtype=x.dtype) for t, w in weights.items()}
+        else:
+            active = self._active(masks)
         s0 = s1 = self.stem(x)
         for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1, active[cell.cell_type])
+            s0, s1 = s1, cell(s0, s1, active[cell.cell_type], None if weights is None else weights[cell.cell_type])
         return self.global_pooling(s1).flatten(1)
 
     def forward(self, x: torch.Tensor, masks: Masks | None = None) -> torch.Tensor:
