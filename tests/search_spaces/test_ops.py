@@ -68,7 +68,7 @@ def test_avg_pool_excludes_padding():
     assert torch.allclose(y, torch.ones_like(y))  # counting the padding would lower the border
 
 
-@pytest.mark.parametrize("C,groups", [(1, 1), (4, 4), (16, 16), (24, 12), (48, 16), (96, 16), (12, 12)])
+@pytest.mark.parametrize("C,groups", [(1, 1), (4, 2), (16, 8), (24, 12), (48, 16), (96, 16), (12, 6), (2, 1)])
 def test_group_count(C, groups):
     assert group_count(C) == groups
     norm = [m for m in make_op("conv_3x3", C, 1, "group").modules() if isinstance(m, nn.GroupNorm)]
@@ -97,3 +97,13 @@ def test_bad_op_arguments(kwargs, match):
     args = dict(name="conv_3x3", C=4, stride=1, norm="batch") | kwargs
     with pytest.raises(ValueError, match=match):
         make_op(**args)
+
+
+def test_small_group_norm_supernet_has_nonzero_pooled_features():
+    """One channel per group would zero every channel's mean and the pooled features with it."""
+    from search_spaces.supernet import Supernet
+
+    torch.manual_seed(0)
+    net = Supernet(4, 3, 3, norm="group")
+    feats = net.forward_features(torch.randn(4, 3, 16, 16))
+    assert feats.abs().max() > 1e-3
