@@ -91,7 +91,8 @@ def paper_rounds(device: str, rounds: int, out: str, cells: int = 5, channels: i
 
     cfg = parse_config({"experiment": {"name": "paper-search", "seed": 0, "out": out},
                         "dataset": {"name": "synthetic"},
-                        "search": {"methods": ["metantk"], "cells": [cells], "init_channels": channels, "repeats": 3}},
+                        "search": {"methods": ["metantk"], "cells": [cells], "init_channels": channels, "repeats": 3,
+                                   "candidates_per_job": 16}},
                        source="paper")
     pool = InlinePool(device)
     times = []
