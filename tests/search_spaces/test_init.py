@@ -75,7 +75,7 @@ def test_bad_generator():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_gets_cpu_values():
-    a, b = _net(), _net().cuda()
+    a, b = _net(), _net().to(torch.device("cuda"))
     reinitialize(a, torch.Generator().manual_seed(2))
     reinitialize(b, torch.Generator().manual_seed(2))
     assert torch.equal(a.classifier.weight, b.classifier.weight.cpu())

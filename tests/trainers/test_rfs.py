@@ -136,7 +136,7 @@ def test_augment_needs_cpu_generator_semantics():
     x = _images((3, 12, 12))
     assert torch.equal(aug(x, _gen(5)), aug(x.clone(), _gen(5)))
     if torch.cuda.is_available():  # pragma: no cover - GPU only
-        torch.testing.assert_close(aug(x.cuda(), _gen(5)).cpu(), aug(x, _gen(5)), atol=1e-5, rtol=0)
+        torch.testing.assert_close(aug(x.to(torch.device("cuda")), _gen(5)).cpu(), aug(x, _gen(5)), atol=1e-5, rtol=0)
 
 
 # ------------------------------------------------------------------------------ config
