@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -260,7 +261,7 @@ def spec_from_config(cfg: Any, cells: int) -> ScoreSpec:
     """The `ScoreSpec` of one search of an `ExperimentConfig` (harness.config)."""
     d, s = cfg.dataset, cfg.search
     return ScoreSpec(
-        dataset=d.name, root=str(d.root), split=d.train_split,
+        dataset=d.name, root=str(Path(d.root).resolve()) if d.root else "", split=d.train_split,
         dataset_options=tuple(sorted((k, _freeze(v)) for k, v in d.options.items())), image_size=d.image_size, data_seed=cfg.experiment.seed,
         cells=cells, init_channels=s.init_channels, tasks=s.tasks, ways=s.ways, shots=s.shots, queries=s.queries,
         kernel_image_size=s.kernel_image_size, algorithm=s.algorithm, inner_time=s.inner_time, reg=s.reg,

@@ -112,13 +112,19 @@ def ensure_episode_lists(cfg: ExperimentConfig) -> list[Path]:
     return paths
 
 
+def absolute_root(root: str) -> str:
+    """Trials run in Tune's own working directory (and actors on other nodes): a relative
+    dataset root must be resolved against the caller's directory first."""
+    return str(Path(root).resolve()) if root else ""
+
+
 def trial_specs(cfg: ExperimentConfig, searches: list[dict[str, Any]]) -> list[TrialSpec]:
     """One `TrialSpec` per searched genotype (rows of the `searches` table)."""
     specs = []
     for row in searches:
         specs.append(TrialSpec(
             experiment=cfg.experiment.name, results_dir=str(cfg.results_dir.resolve()), trial_id=row["search_id"],
-            search_id=row["search_id"], dataset=cfg.dataset.name, root=str(cfg.dataset.root),
+            search_id=row["search_id"], dataset=cfg.dataset.name, root=absolute_root(cfg.dataset.root),
             dataset_options=dict(cfg.dataset.options), image_size=cfg.dataset.image_size,
             data_seed=cfg.experiment.seed, train_split=cfg.dataset.train_split, eval_split=cfg.dataset.eval_split,
             method=row["method"], seed=int(row["seed"]), cells=int(row["cells"]),

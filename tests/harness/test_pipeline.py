@@ -104,3 +104,16 @@ def test_evaluate_command_rejects_a_foreign_file(tmp_path, capsys):
     torch.save({"weights": 1}, bogus)
     assert main(["evaluate", "--checkpoint", str(bogus), "--dataset", "synthetic"]) == 2
     assert "not a metantk-nas model file" in capsys.readouterr().err
+
+
+def test_trial_specs_resolve_a_relative_dataset_root(tmp_path, monkeypatch):
+    """Tune runs trials in their own working directory: a relative --root must be made absolute."""
+    from harness.scoring import spec_from_config
+    from harness.trials import trial_specs
+
+    monkeypatch.chdir(tmp_path)
+    cfg = pipeline_config(tmp_path).replace("dataset", root="data/omniglot")
+    row = {"search_id": "x", "method": "random", "seed": 0, "cells": 3, "genotype": "g", "device_seconds": 0.0}
+    (spec,) = trial_specs(cfg, [row])
+    assert spec.root == str(tmp_path / "data" / "omniglot")
+    assert spec_from_config(cfg, 3).root == str(tmp_path / "data" / "omniglot")
