@@ -187,6 +187,12 @@ def run_trial(config: dict[str, Any]) -> None:
                        seed=spec.data_seed, **spec.dataset_options)
     in_channels = int(split.images.shape[1])
     model = build_network(spec.genotype, spec.channels, len(split.class_names), spec.cells, in_channels)
+    # Seeded initial weights: the same trial gives the same network bit for bit (torch's default
+    # init would draw from the process's global RNG). A restored trial then loads its checkpoint.
+    from harness.scoring import generator
+    from search_spaces.init import reinitialize
+
+    reinitialize(model, generator(spec.seed, spec.trial_id, "train-init"))
     train_cfg = TrainConfig(**{**spec.train, "lr_decay_epochs": tuple(spec.train["lr_decay_epochs"])})
     work = Path(tempfile.mkdtemp(prefix=f"metantk-{spec.trial_id}-"))
     try:
