@@ -12,14 +12,6 @@ from kernels import condition_number, meta_ntk
 from kernels.meta import spectral_weights, support_transfer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny shapes gain nothing from intra-op threads, and on a shared 2-core runner
-    spin-waiting OpenMP threads make each op 10-100x slower (measured). Restored after."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _psd(n: int, seed: int, floor: float = 0.5) -> torch.Tensor:

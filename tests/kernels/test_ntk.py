@@ -11,14 +11,6 @@ from kernels.ntk import DEFAULT_BACKEND, NTK_BACKENDS, get_backend, select_param
 FAST = sorted(b for b in NTK_BACKENDS if b != "loop")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny shapes gain nothing from intra-op threads, and on a shared 2-core runner
-    spin-waiting OpenMP threads make each op 10-100x slower (measured). Restored after."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 class SmallCNN(nn.Module):

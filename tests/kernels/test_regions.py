@@ -9,14 +9,6 @@ from kernels import count_linear_regions, count_linear_regions_pairwise
 from kernels.regions import pack_bits, sign_patterns
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny shapes gain nothing from intra-op threads, and on a shared 2-core runner
-    spin-waiting OpenMP threads make each op 10-100x slower (measured). Restored after."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _brute_force(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> int:
