@@ -23,16 +23,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="where to write report.md and the CSVs (default RESULTS_DIR/report)")
     parser.add_argument("--no-write", action="store_true",
                         help="only print the tables, write nothing")
-    parser.add_argument("--n-boot", type=int, default=1000, metavar="B",
-                        help="bootstrap resamples for the correlation intervals (default 1000)")
+    parser.add_argument("--n-boot", type=int, default=None, metavar="B",
+                        help="bootstrap resamples for the correlation intervals (default: [study] "
+                        "n_boot of RESULTS_DIR/config.toml, else 1000)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the bootstrap resampling (default 0)")
     parser.set_defaults(func=run_report)
 
 
+def default_n_boot(results_dir: Path) -> int:
+    """The `[study] n_boot` the run used (from the resolved config beside the results), else 1000.
+
+    So `report` reproduces the intervals that `run` printed without repeating the setting.
+    """
+    import tomllib
+
+    path = results_dir / "config.toml"
+    try:
+        return int(tomllib.loads(path.read_text()).get("study", {}).get("n_boot", 1000))
+    except (OSError, tomllib.TOMLDecodeError, TypeError, ValueError):
+        return 1000
+
+
 def run_report(args: argparse.Namespace) -> int:
     """Print the Markdown report and, unless --no-write, the paths written."""
     from harness.report import build_report, write_report
+
+    if args.n_boot is None:
+        args.n_boot = default_n_boot(args.results_dir)
 
     if args.no_write:
         print(build_report(args.results_dir, n_boot=args.n_boot, seed=args.seed).markdown)

@@ -10,7 +10,8 @@ from harness.cmd_search import add_common_experiment_args, load_experiment, run_
 def _report(cfg: Any) -> None:
     from harness.report import write_report
 
-    files = write_report(cfg.results_dir)
+    # The study's bootstrap settings apply to the report's correlation table too.
+    files = write_report(cfg.results_dir, n_boot=cfg.study.n_boot, seed=0)
     print(files.markdown)
     print("report files:")
     for name, path in files.items():

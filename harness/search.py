@@ -142,8 +142,15 @@ def genotype_from_masks(masks: np.ndarray, kept: dict[int, tuple[int, ...]]):
 
 
 def config_digest(cfg: ExperimentConfig) -> str:
-    """What must not change between a run and its resume (everything but resources)."""
-    text = to_toml(dataclasses.replace(cfg, resources=type(cfg.resources)(), source=""))
+    """What must not change between a run and its resume (everything but resources).
+
+    The dataset root is hashed resolved, so `--root data/x` and `--root ./data/x` (or an
+    absolute spelling of the same folder) resume the same run.
+    """
+    root = str(Path(cfg.dataset.root).resolve()) if cfg.dataset.root else ""
+    cfg = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, root=root),
+                              resources=type(cfg.resources)(), source="")
+    text = to_toml(cfg)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -326,8 +326,15 @@ def write_kernel_outputs(result: KernelCheckResult, out_dir: Path) -> list[Path]
 
 
 def _reference_slope(ax: Any, widths: Sequence[int], start: float) -> None:
+    """A width^-1/2 guide line, and the measured widths as the only x ticks (matplotlib's
+    minor log-scale labels overlap on a short width range)."""
+    from matplotlib.ticker import NullFormatter, NullLocator
+
     ax.loglog(widths, [start * math.sqrt(widths[0] / w) for w in widths], "k:", lw=1,
               label="width^-1/2 reference")
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xticks(list(widths), [str(w) for w in widths])
 
 
 # ----------------------------------------------------------------------------- verify-theory

@@ -173,15 +173,26 @@ def evaluate_trained(model: Any, spec_like: Any, split: Any, device: Any, *, pro
     return summary, rows
 
 
-def run_trial(config: dict[str, Any]) -> None:
-    """The Tune trainable: train (resuming from Tune's checkpoint), evaluate, write rows."""
+def trial_label(spec: TrialSpec) -> str:
+    """Short name of a trial for Tune's status table: the trial id without its dataset prefix
+    (one experiment has one dataset), e.g. `metantk-s0-c3`."""
+    prefix = f"{spec.dataset}-"
+    return spec.trial_id[len(prefix):] if spec.trial_id.startswith(prefix) else spec.trial_id
+
+
+def run_trial(config: dict[str, Any], specs: dict[str, dict[str, Any]]) -> None:
+    """The Tune trainable: train (resuming from Tune's checkpoint), evaluate, write rows.
+
+    `config["trial"]` is the trial's label; `specs` maps labels to `TrialSpec` fields
+    (bound with `tune.with_parameters`, so they stay out of Tune's printed configs).
+    """
     import torch
     from ray import tune
 
     from trainers.data import load_split
     from trainers.rfs import TrainConfig, pretrain
 
-    spec = TrialSpec(**config["spec"])
+    spec = TrialSpec(**specs[config["trial"]])
     device = _device()
     split = load_split(spec.dataset, spec.root or None, spec.train_split, image_size=spec.image_size or None,
                        seed=spec.data_seed, **spec.dataset_options)
@@ -250,8 +261,13 @@ def write_trial_rows(spec: TrialSpec, result: Any, summary: dict[int, tuple[floa
     }])
 
 
+# Bumped when the trainable's config layout changes, so a Tune experiment written by older
+# code is never restored into a trainable that cannot read its config.
+_PARAM_LAYOUT = 3
+
+
 def _specs_digest(specs: list[TrialSpec]) -> str:
-    text = json.dumps([asdict(s) for s in specs], sort_keys=True, default=list)
+    text = json.dumps([_PARAM_LAYOUT, [asdict(s) for s in specs]], sort_keys=True, default=list)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -271,7 +287,11 @@ def run_trials(cfg: ExperimentConfig, specs: list[TrialSpec], *, verbose: int = 
         return sorted(done)
     ensure_episode_lists(cfg)
     cluster = ensure_ray(cfg.resources.address, cfg.resources.num_cpus)
-    trainable = tune.with_resources(run_trial, trial_resources(cluster, cfg.resources.trial_cpus))
+    labels = {trial_label(s): asdict(s) for s in specs}
+    if len(labels) != len(specs):
+        raise ValueError(f"trial labels are not unique: {sorted(trial_label(s) for s in specs)}")
+    trainable = tune.with_resources(tune.with_parameters(run_trial, specs=labels),
+                                    trial_resources(cluster, cfg.resources.trial_cpus))
     storage = (cfg.results_dir / "tune").resolve()
     name = f"trials-{_specs_digest(specs)}"
     path = storage / name
@@ -280,7 +300,9 @@ def run_trials(cfg: ExperimentConfig, specs: list[TrialSpec], *, verbose: int = 
     else:
         tuner = tune.Tuner(
             trainable,
-            param_space={"spec": tune.grid_search([asdict(s) for s in specs])},
+            # The grid runs over short trial labels, so Tune's status table shows one short
+            # `trial` column; the specs travel through `tune.with_parameters`.
+            param_space={"trial": tune.grid_search(list(labels))},
             tune_config=tune.TuneConfig(num_samples=1),
             run_config=tune.RunConfig(
                 name=name, storage_path=str(storage), verbose=verbose,

@@ -18,7 +18,7 @@ from torch import nn
 
 from search_spaces.genotypes import CELL_TYPES, Genotype
 from search_spaces.ops import FactorizedReduce, Identity, ReLUConvNorm, make_norm, make_op
-from search_spaces.supernet import parameter_count, reduction_indices
+from search_spaces.supernet import parameter_count, resolve_reductions, stack_cells
 
 __all__ = ["Network", "FixedCell", "drop_path", "parameter_count"]
 
@@ -112,22 +112,12 @@ class Network(nn.Module):
         self.C, self.num_classes, self.num_cells = C, num_classes, cells
         self.drop_path_prob = drop_path_prob
         self.generator = generator
-        self.reductions = tuple(sorted(set(reductions))) if reductions is not None else reduction_indices(cells)
-        if any(not 0 <= r < cells for r in self.reductions):
-            raise ValueError(f"Network: reduction indices {self.reductions} out of range 0..{cells - 1}")
+        self.reductions = resolve_reductions(cells, reductions, "Network")
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C, 3, padding=1, bias=False),
                                   make_norm(C, norm, affine=True))
-        C_prev_prev = C_prev = C
-        C_curr, reduction_prev = C, False
-        self.cells = nn.ModuleList()
-        for i in range(cells):
-            reduction = i in self.reductions
-            if reduction:
-                C_curr *= 2
-            cell = FixedCell(genotype, C_prev_prev, C_prev, C_curr, reduction, reduction_prev, norm)
-            self.cells.append(cell)
-            reduction_prev = reduction
-            C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
+        self.cells, C_prev = stack_cells(
+            lambda cpp, cp, c, red, red_prev: FixedCell(genotype, cpp, cp, c, red, red_prev, norm),
+            C, C, cells, self.reductions)
         self.feature_dim = C_prev
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_prev, num_classes)

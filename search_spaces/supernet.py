@@ -20,7 +20,7 @@ sample-independent supernet used for NTK kernels.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -30,7 +30,7 @@ from search_spaces.ops import PRIMITIVES, FactorizedReduce, ReLUConvNorm, make_n
 
 __all__ = [
     "CELL_TYPES", "EDGES_PER_CELL", "EDGE_INPUTS", "Masks", "MixedEdge", "SearchCell", "Supernet",
-    "full_masks", "genotype_masks", "validate_masks", "reduction_indices", "thin_supernet",
+    "full_masks", "genotype_masks", "validate_masks", "reduction_indices", "resolve_reductions", "stack_cells", "thin_supernet",
     "parameter_count",
 ]
 
@@ -94,6 +94,36 @@ def validate_masks(masks: Masks) -> dict[str, torch.Tensor]:
 def reduction_indices(cells: int) -> tuple[int, ...]:
     """Indices of the reduction cells: `cells // 3` and `2 * cells // 3` (deduplicated)."""
     return tuple(sorted({cells // 3, 2 * cells // 3}))
+
+
+def resolve_reductions(cells: int, reductions: Sequence[int] | None, owner: str) -> tuple[int, ...]:
+    """The sorted reduction indices (`reduction_indices(cells)` when None); ValueError if out of range."""
+    out = tuple(sorted(set(reductions))) if reductions is not None else reduction_indices(cells)
+    if any(not 0 <= r < cells for r in out):
+        raise ValueError(f"{owner}: reduction indices {out} out of range 0..{cells - 1}")
+    return out
+
+
+def stack_cells(make_cell: Callable[[int, int, int, bool, bool], nn.Module], C_in: int, C: int, cells: int,
+                reductions: Sequence[int]) -> tuple[nn.ModuleList, int]:
+    """The macro skeleton shared by the supernet and the fixed network (one place for it).
+
+    Cell i gets (C_prev_prev, C_prev, C_curr, reduction, reduction_prev); channels double at
+    each reduction, and a cell's output has `cell.multiplier * C_curr` channels. `C_in` is
+    what the stem emits. Returns the cells and the channels of the last cell's output.
+    """
+    stacked = nn.ModuleList()
+    C_prev_prev = C_prev = C_in
+    C_curr, reduction_prev = C, False
+    for i in range(cells):
+        reduction = i in reductions
+        if reduction:
+            C_curr *= 2
+        cell = make_cell(C_prev_prev, C_prev, C_curr, reduction, reduction_prev)
+        stacked.append(cell)
+        reduction_prev = reduction
+        C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
+    return stacked, C_prev
 
 
 class MixedEdge(nn.Module):
@@ -185,27 +215,16 @@ class Supernet(nn.Module):
                 f"Supernet: C, num_classes, in_channels must be >= 1, got {C}, {num_classes}, {in_channels}"
             )
         self.C, self.num_classes, self.num_cells, self.norm = C, num_classes, cells, norm
-        self.reductions = tuple(sorted(set(reductions))) if reductions is not None else reduction_indices(cells)
-        if any(not 0 <= r < cells for r in self.reductions):
-            raise ValueError(f"Supernet: reduction indices {self.reductions} out of range 0..{cells - 1}")
+        self.reductions = resolve_reductions(cells, reductions, "Supernet")
         if stem:
             self.stem: nn.Module = nn.Sequential(
                 nn.Conv2d(in_channels, C, 3, padding=1, bias=False), make_norm(C, norm, affine)
             )
-            C_prev_prev = C_prev = C
         else:
             self.stem = nn.Identity()
-            C_prev_prev = C_prev = in_channels
-        self.cells = nn.ModuleList()
-        C_curr, reduction_prev = C, False
-        for i in range(cells):
-            reduction = i in self.reductions
-            if reduction:
-                C_curr *= 2
-            cell = SearchCell(C_prev_prev, C_prev, C_curr, reduction, reduction_prev, norm, affine)
-            self.cells.append(cell)
-            reduction_prev = reduction
-            C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
+        self.cells, C_prev = stack_cells(
+            lambda cpp, cp, c, red, red_prev: SearchCell(cpp, cp, c, red, red_prev, norm, affine),
+            C if stem else in_channels, C, cells, self.reductions)
         self.feature_dim = C_prev
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_prev, num_classes)

@@ -76,3 +76,20 @@ def test_cli_reports_a_bad_config_in_one_line(tmp_path, capsys):
     assert len(err) == 1 and "search.repeats: expected an integer" in err[0]
     assert main(["run", str(tmp_path / "missing.toml")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_config_digest_hashes_the_resolved_dataset_root(tmp_path, monkeypatch):
+    """`--root data/x`, `--root ./data/x` and the absolute path resume the same run; another folder does not."""
+    from harness.search import config_digest
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "x").mkdir(parents=True)
+    (tmp_path / "data" / "y").mkdir()
+
+    def digest(root):
+        return config_digest(parse_config({"experiment": {"name": "e"},
+                                           "dataset": {"name": "omniglot", "root": root}}, source="t"))
+
+    same = {digest("data/x"), digest("./data/x"), digest(str(tmp_path / "data" / "x")), digest("data/y/../x")}
+    assert len(same) == 1
+    assert digest("data/y") not in same

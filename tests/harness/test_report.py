@@ -279,3 +279,13 @@ def test_cli_report_empty_dir_exits_2(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "metantk-nas report: error:" in err and "metantk-nas run" in err
+
+
+def test_cli_report_takes_n_boot_from_the_runs_config(tmp_path: Path) -> None:
+    from harness.cmd_report import default_n_boot
+
+    assert default_n_boot(tmp_path) == 1000                       # no config.toml: the default
+    (tmp_path / "config.toml").write_text("[experiment]\nname = 'x'\n\n[study]\nn_boot = 37\n")
+    assert default_n_boot(tmp_path) == 37
+    (tmp_path / "config.toml").write_text("not toml [")
+    assert default_n_boot(tmp_path) == 1000
