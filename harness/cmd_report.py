@@ -14,7 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "of one results folder and print Markdown tables: Table 1 (method x cells: params, "
         "search cost, 1-shot and 5-shot mean ± 95% CI over seeds), the Table-2 ablation "
         "(difference to the random method) and, when the proxy study was run, the rank "
-        "correlation of each training-free proxy with accuracy. Unless --no-write, report.md "
+        "correlation of each training-free proxy (and of the parameter count, as a baseline) "
+        "with accuracy and the paired bootstrap comparison of the proxies. Unless --no-write, report.md "
         "and CSVs are written atomically to RESULTS_DIR/report/ (or --out).",
     )
     parser.add_argument("results_dir", type=Path, metavar="RESULTS_DIR",

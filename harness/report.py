@@ -1,4 +1,5 @@
-"""Result tables from the Parquet store: Table 1, the Table-2 ablation, proxy correlations.
+"""Result tables from the Parquet store: Table 1, the Table-2 ablation, proxy correlations
+and the paired comparison of proxies.
 
 The table functions are pure (DataFrames in, DataFrames out) so they can be tested on
 hand-made rows; `build_report` / `write_report` read a results folder through
@@ -39,6 +40,19 @@ PROXIES: dict[str, bool] = {
     "cn_ntk": False,
     "regions": True,
 }
+# Naive baselines a training-free proxy should beat, same convention: a larger model is
+# predicted to be better. Reported beside PROXIES when the column is present.
+BASELINES: dict[str, bool] = {"params": True}
+# Pairs (a, b) compared by `proxy_difference_table`: the study's question is whether the
+# MetaNTK condition number ranks architectures better than the plain NTK one and than the
+# parameter count.
+DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (
+    ("cn_metantk_maml", "cn_ntk"),
+    ("cn_metantk_anil", "cn_ntk"),
+    ("cn_metantk_maml", "cn_metantk_anil"),
+    ("cn_metantk_maml", "params"),
+    ("cn_ntk", "params"),
+)
 TARGETS: tuple[str, ...] = ("acc_1shot", "acc_5shot")
 SHOTS: tuple[str, ...] = ("1shot", "5shot")
 
@@ -267,6 +281,38 @@ def proxy_scores(values: pd.Series | np.ndarray, higher_is_better: bool) -> np.n
     return stats.rankdata(v if higher_is_better else -v)
 
 
+def _higher_is_better(column: str) -> bool:
+    """Orientation of a proxy or baseline column (PROXIES, BASELINES)."""
+    oriented = PROXIES | BASELINES
+    if column not in oriented:
+        raise ValueError(f"unknown proxy {column!r}; known: {list(oriented)}")
+    return oriented[column]
+
+
+def _orientation(column: str) -> str:
+    """The `orientation` text of the correlation table."""
+    text = "higher is better" if _higher_is_better(column) else "lower is better (negated)"
+    return text + (" (baseline)" if column in BASELINES else "")
+
+
+def _proxy_label(column: str) -> str:
+    """Display name in Markdown: baselines are marked as such."""
+    return f"{column} (baseline)" if column in BASELINES else column
+
+
+def _undefined(score: np.ndarray, y: np.ndarray) -> bool:
+    """Rank correlation of two (n,) arrays undefined: n < 2 or a constant one.
+
+    scipy warns and returns NaN on constant input; callers say NaN directly instead.
+    """
+    return score.size < 2 or np.ptp(score) == 0 or np.ptp(y) == 0
+
+
+def _kendall(score: np.ndarray, y: np.ndarray) -> float:
+    """Kendall tau-b (scipy) of two (n,) arrays; NaN when `_undefined`."""
+    return math.nan if _undefined(score, y) else float(stats.kendalltau(score, y).statistic)
+
+
 def correlation_table(proxies: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Rank correlation of each training-free proxy with few-shot accuracy, per dataset.
 
@@ -275,6 +321,11 @@ def correlation_table(proxies: pd.DataFrame, *, n_boot: int = 1000, seed: int = 
     accuracy, with 95% percentile-bootstrap intervals from `n_boot` row resamples drawn by
     `numpy.random.default_rng(seed)`. Rows with a NaN proxy or accuracy are left out (`n`
     counts the rest; `n_inf` the infinite proxy values kept as worst).
+
+    Baseline columns present (BASELINES: `params`, higher is better) follow each dataset's
+    proxies, their `orientation` ending in "(baseline)". They resample with their own
+    generator, `default_rng([seed, 1])`, so the proxies' intervals are the same with or
+    without a baseline column.
     """
     if n_boot < 0:
         raise ValueError(f"n_boot must be >= 0, got {n_boot}")
@@ -282,17 +333,19 @@ def correlation_table(proxies: pd.DataFrame, *, n_boot: int = 1000, seed: int = 
     present = [p for p in PROXIES if p in proxies.columns]
     if not present:
         raise ValueError(f"proxies table has none of the proxy columns {list(PROXIES)}")
+    baselines = [b for b in BASELINES if b in proxies.columns]
     rng = np.random.default_rng(seed)
+    baseline_rng = np.random.default_rng([seed, 1])  # own stream: proxies' numbers unchanged
     rows = []
     for dataset, frame in proxies.groupby("dataset", sort=True):
-        for proxy in present:
+        for proxy in present + baselines:
             for target in TARGETS:
                 rows.append({"dataset": dataset, "proxy": proxy, "target": target,
-                             "orientation": "higher is better" if PROXIES[proxy]
-                             else "lower is better (negated)"}
+                             "orientation": _orientation(proxy)}
                             | _correlate(frame[proxy].to_numpy(dtype=np.float64),
                                          frame[target].to_numpy(dtype=np.float64),
-                                         PROXIES[proxy], n_boot, rng))
+                                         _higher_is_better(proxy), n_boot,
+                                         baseline_rng if proxy in BASELINES else rng))
     columns = ["dataset", "proxy", "target", "orientation", "n", "n_inf", "kendall_tau",
                "kendall_lo", "kendall_hi", "spearman_rho", "spearman_lo", "spearman_hi"]
     return pd.DataFrame(rows, columns=columns)
@@ -306,10 +359,9 @@ def _correlate(proxy: np.ndarray, acc: np.ndarray, higher_is_better: bool, n_boo
     y = acc[keep]
     n = int(keep.sum())
     out: dict[str, float | int] = {"n": n, "n_inf": int(np.isinf(proxy[keep]).sum())}
-    constant = n < 2 or np.ptp(score) == 0 or np.ptp(y) == 0
-    # scipy warns and returns NaN on constant input; say NaN directly instead.
-    out["kendall_tau"] = math.nan if constant else float(stats.kendalltau(score, y).statistic)
-    out["spearman_rho"] = math.nan if constant else float(stats.spearmanr(score, y).statistic)
+    out["kendall_tau"] = _kendall(score, y)
+    out["spearman_rho"] = (math.nan if _undefined(score, y)
+                           else float(stats.spearmanr(score, y).statistic))
     if n >= 2 and n_boot > 0:
         idx = rng.integers(0, n, size=(n_boot, n))
         out["kendall_lo"], out["kendall_hi"] = _percentiles(_tau_b_rows(score[idx], y[idx]))
@@ -317,6 +369,73 @@ def _correlate(proxy: np.ndarray, acc: np.ndarray, higher_is_better: bool, n_boo
     else:
         out |= {"kendall_lo": math.nan, "kendall_hi": math.nan,
                 "spearman_lo": math.nan, "spearman_hi": math.nan}
+    return out
+
+
+def proxy_difference_table(proxies: pd.DataFrame, *,
+                           pairs: Sequence[tuple[str, str]] = DEFAULT_PAIRS,
+                           n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Paired comparison of proxies: does proxy a rank architectures better than proxy b?
+
+    For every dataset, pair (a, b) in `pairs` whose two columns are present (pairs with a
+    missing column are skipped; a name outside PROXIES and BASELINES is a ValueError) and
+    target (acc_1shot, acc_5shot): tau_a and tau_b, the Kendall tau-b of each oriented proxy
+    (as in `correlation_table`: `proxy_scores`, an infinite condition number ranks worst)
+    with the accuracy, and tau_diff = tau_a - tau_b. Both are computed on the same rows:
+    those where a, b and the target are all non-NaN (`n`), so tau_a can differ from the
+    correlation table's when the other proxy has NaNs. The 95% interval [diff_lo, diff_hi]
+    is a paired percentile bootstrap: each of the `n_boot` resamples (drawn by
+    `numpy.random.default_rng(seed)`, in row order of the result) draws n rows with
+    replacement and computes both taus on those same rows. frac_positive is the share of
+    resamples with tau_a - tau_b > 0; resamples where either tau is undefined (a constant
+    column) are left out of the interval and the share. NaN where undefined (n < 2, a
+    constant proxy or accuracy, n_boot = 0 for the bootstrap columns).
+
+    Returns one row per (dataset, pair, target), datasets sorted, pairs in the given order;
+    columns: dataset, proxy_a, proxy_b, target, n, tau_a, tau_b, tau_diff, diff_lo, diff_hi,
+    frac_positive. No pair present: an empty frame with these columns.
+    """
+    if n_boot < 0:
+        raise ValueError(f"n_boot must be >= 0, got {n_boot}")
+    _require(proxies, ("dataset",) + TARGETS, "proxies table")
+    for name in {name for pair in pairs for name in pair}:
+        _higher_is_better(name)  # a typo is an error even when its column is absent
+    present = [(a, b) for a, b in pairs if a in proxies.columns and b in proxies.columns]
+    rng = np.random.default_rng(seed)
+    rows = []
+    for dataset, frame in proxies.groupby("dataset", sort=True):
+        for a, b in present:
+            for target in TARGETS:
+                rows.append({"dataset": dataset, "proxy_a": a, "proxy_b": b, "target": target}
+                            | _paired_difference(frame[a].to_numpy(dtype=np.float64),
+                                                 frame[b].to_numpy(dtype=np.float64),
+                                                 frame[target].to_numpy(dtype=np.float64),
+                                                 _higher_is_better(a), _higher_is_better(b),
+                                                 n_boot, rng))
+    columns = ["dataset", "proxy_a", "proxy_b", "target", "n", "tau_a", "tau_b", "tau_diff",
+               "diff_lo", "diff_hi", "frac_positive"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _paired_difference(a: np.ndarray, b: np.ndarray, acc: np.ndarray, a_higher: bool,
+                       b_higher: bool, n_boot: int,
+                       rng: np.random.Generator) -> dict[str, float | int]:
+    """tau(a) - tau(b) with a paired bootstrap interval for one (pair, target)."""
+    keep = ~np.isnan(a) & ~np.isnan(b) & ~np.isnan(acc)
+    sa, sb = proxy_scores(a[keep], a_higher), proxy_scores(b[keep], b_higher)
+    y = acc[keep]
+    n = int(keep.sum())
+    tau_a, tau_b = _kendall(sa, y), _kendall(sb, y)
+    out: dict[str, float | int] = {"n": n, "tau_a": tau_a, "tau_b": tau_b,
+                                   "tau_diff": tau_a - tau_b}
+    if n >= 2 and n_boot > 0:
+        idx = rng.integers(0, n, size=(n_boot, n))  # one draw, used by both taus
+        diffs = _tau_b_rows(sa[idx], y[idx]) - _tau_b_rows(sb[idx], y[idx])
+        out["diff_lo"], out["diff_hi"] = _percentiles(diffs)
+        finite = diffs[np.isfinite(diffs)]
+        out["frac_positive"] = float((finite > 0).mean()) if finite.size else math.nan
+    else:
+        out |= {"diff_lo": math.nan, "diff_hi": math.nan, "frac_positive": math.nan}
     return out
 
 
@@ -407,16 +526,38 @@ def table2_markdown(t2: pd.DataFrame) -> str:
 
 def correlations_markdown(corr: pd.DataFrame) -> str:
     """Markdown of `correlation_table`."""
-    rows = [(r.dataset, r.proxy, r.orientation, r.target, r.n, r.n_inf,
+    rows = [(r.dataset, _proxy_label(r.proxy), r.orientation, r.target, r.n, r.n_inf,
              _fmt_corr(r.kendall_tau, r.kendall_lo, r.kendall_hi),
              _fmt_corr(r.spearman_rho, r.spearman_lo, r.spearman_hi))
             for r in corr.itertuples()]
+    baselines = [b for b in BASELINES if b in set(corr["proxy"])]
     return markdown_table(["dataset", "proxy", "orientation", "target", "n", "inf",
                            "Kendall τ [95% CI]", "Spearman ρ [95% CI]"], rows,
                           "llllrrrr") + (
         "\n\nProxies are oriented so that a positive correlation means the proxy ranks "
         "better-performing architectures higher (condition numbers negated; an infinite "
-        "condition number ranks worst). Intervals: percentile bootstrap over architectures.")
+        "condition number ranks worst). Intervals: percentile bootstrap over architectures."
+        + (" `params (baseline)` is the parameter count (larger = predicted better), the "
+           "naive baseline a training-free proxy should beat." if baselines else ""))
+
+
+def _fmt_share(value: float) -> str:
+    return f"{value:.2f}" if math.isfinite(value) else "–"
+
+
+def proxy_differences_markdown(diff: pd.DataFrame) -> str:
+    """Markdown of `proxy_difference_table`."""
+    rows = [(r.dataset, r.target, _proxy_label(r.proxy_a), _proxy_label(r.proxy_b), r.n,
+             _fmt_corr(r.tau_a, math.nan, math.nan), _fmt_corr(r.tau_b, math.nan, math.nan),
+             _fmt_corr(r.tau_diff, r.diff_lo, r.diff_hi), _fmt_share(r.frac_positive))
+            for r in diff.itertuples()]
+    return markdown_table(["dataset", "target", "a", "b", "n", "τ(a)", "τ(b)",
+                           "τ(a) − τ(b) [95% CI]", "P(τ(a) > τ(b))"], rows,
+                          "llllrrrrr") + (
+        "\n\nAn interval that excludes 0 means one proxy ranks architectures reliably "
+        "better (a when above 0, b when below). Both τ are on the rows where a, b and the "
+        "accuracy are known; the interval and P (share of resamples with τ(a) > τ(b)) come "
+        "from a paired bootstrap: both τ on the same resampled architectures.")
 
 
 def searches_markdown(searches: pd.DataFrame) -> str:
@@ -496,6 +637,11 @@ def build_report(results_dir: str | os.PathLike[str], *, n_boot: int = 1000,
         tables["correlations"] = correlation_table(data["proxies"], n_boot=n_boot, seed=seed)
         parts += ["", "## Proxy quality: rank correlation with few-shot accuracy", "",
                   correlations_markdown(tables["correlations"])]
+        differences = proxy_difference_table(data["proxies"], n_boot=n_boot, seed=seed)
+        if not differences.empty:
+            tables["proxy_differences"] = differences
+            parts += ["", "## Proxy comparison: paired difference in Kendall τ", "",
+                      proxy_differences_markdown(differences)]
     else:
         parts += ["", "_No `proxies` rows: the correlation study "
                   "(experiments/correlation_omniglot.toml) has not been run here._"]
@@ -510,7 +656,9 @@ def build_report(results_dir: str | os.PathLike[str], *, n_boot: int = 1000,
 
 def write_report(results_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None,
                  *, n_boot: int = 1000, seed: int = 0) -> ReportFiles:
-    """Write report.md and one CSV per table (table1, table2, correlations) atomically.
+    """Write report.md and one CSV per table atomically.
+
+    Tables: table1, table2 (with trials), correlations and proxy_differences (with proxies).
 
     out_dir defaults to `results_dir/report/`. Returns file name -> path, with the Markdown
     text in `.markdown`.

@@ -192,6 +192,11 @@ def run_trial(config: dict[str, Any], specs: dict[str, dict[str, Any]]) -> None:
     from trainers.data import load_split
     from trainers.rfs import TrainConfig, pretrain
 
+    import logging
+
+    # Ray logs every persisted checkpoint at INFO (one line per epoch and trial, forwarded
+    # to the driver's console); Tune's status table already shows the epochs.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     spec = TrialSpec(**specs[config["trial"]])
     device = _device()
     split = load_split(spec.dataset, spec.root or None, spec.train_split, image_size=spec.image_size or None,

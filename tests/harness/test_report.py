@@ -41,12 +41,13 @@ def search(method: str, seed: int, device_seconds: float, *, cells: int = 5,
     }
 
 
-def proxy_row(i: int, *, cn: float, regions: float, acc1: float, acc5: float) -> dict:
+def proxy_row(i: int, *, cn: float, regions: float, acc1: float, acc5: float,
+              params: int = 1000) -> dict:
     """One valid `proxies` row."""
     return {
         "experiment": "corr", "dataset": "omniglot", "genotype_id": f"g{i:02d}",
         "genotype": "g", "seed": 0, "cells": 3, "cn_metantk_maml": cn,
-        "cn_metantk_anil": 2 * cn, "cn_ntk": cn, "regions": regions, "params": 1000,
+        "cn_metantk_anil": 2 * cn, "cn_ntk": cn, "regions": regions, "params": params,
         "acc_1shot": acc1, "ci_1shot": 0.01, "acc_5shot": acc5, "ci_5shot": 0.01,
         "train_seconds": 1.0,
     }
@@ -153,14 +154,15 @@ def test_tables_reject_frames_without_needed_columns(trials_frame: pd.DataFrame)
 def _monotone_proxies(n: int = 12) -> pd.DataFrame:
     acc = np.linspace(0.4, 0.9, n)
     rows = [proxy_row(i, cn=float(1000.0 / (i + 1)), regions=float(10 + i), acc1=float(a),
-                      acc5=float(min(1.0, a + 0.05))) for i, a in enumerate(acc)]
+                      acc5=float(min(1.0, a + 0.05)), params=1000 + 10 * i)
+            for i, a in enumerate(acc)]
     rows[0]["cn_ntk"] = math.inf  # worst architecture: infinite CN must rank worst
     return pd.DataFrame(rows)
 
 
 def test_correlation_perfectly_monotone_proxies() -> None:
     corr = report.correlation_table(_monotone_proxies(), n_boot=200, seed=0)
-    assert len(corr) == 4 * 2
+    assert len(corr) == (4 + 1) * 2  # 4 proxies and the params baseline, 2 targets
     assert np.allclose(corr["kendall_tau"], 1.0) and np.allclose(corr["spearman_rho"], 1.0)
     # Every bootstrap resample of a perfectly monotone relation is perfectly monotone too.
     assert np.allclose(corr[["kendall_lo", "kendall_hi", "spearman_lo", "spearman_hi"]], 1.0)
@@ -168,6 +170,30 @@ def test_correlation_perfectly_monotone_proxies() -> None:
     assert by.loc[("cn_ntk", "acc_1shot"), "n_inf"] == 1
     assert by.loc[("cn_metantk_maml", "acc_1shot"), "n"] == 12
     assert by.loc[("regions", "acc_5shot"), "orientation"] == "higher is better"
+    assert by.loc[("params", "acc_1shot"), "orientation"] == "higher is better (baseline)"
+    assert list(corr["proxy"].unique()) == [*report.PROXIES, "params"]  # baseline last
+
+
+def test_params_baseline_leaves_the_proxies_numbers_unchanged() -> None:
+    rng = np.random.default_rng(4)
+    frame = pd.concat([_monotone_proxies(10).assign(dataset=d) for d in ("a_set", "b_set")],
+                      ignore_index=True)
+    frame["acc_1shot"] = rng.uniform(0.3, 0.9, size=len(frame))
+    frame["params"] = rng.integers(1000, 2000, size=len(frame))
+    with_params = report.correlation_table(frame, n_boot=50, seed=2)
+    without = report.correlation_table(frame.drop(columns="params"), n_boot=50, seed=2)
+    assert "params" not in set(without["proxy"])
+    pd.testing.assert_frame_equal(
+        with_params[with_params["proxy"] != "params"].reset_index(drop=True), without)
+    base = with_params[with_params["proxy"] == "params"].set_index(["dataset", "target"])
+    assert len(base) == 2 * 2
+    sub = frame[frame["dataset"] == "b_set"]
+    assert base.loc[("b_set", "acc_1shot"), "kendall_tau"] == pytest.approx(
+        stats.kendalltau(sub["params"], sub["acc_1shot"]).statistic)  # not negated
+    assert np.isfinite(base["kendall_lo"]).all()
+    md = report.correlations_markdown(with_params)
+    assert "| params (baseline) |" in md and "naive baseline" in md
+    assert "naive baseline" not in report.correlations_markdown(without)
 
 
 def test_correlation_sign_for_condition_numbers() -> None:
@@ -213,6 +239,106 @@ def test_correlation_bootstrap_is_seeded() -> None:
     assert ((a["kendall_lo"] <= a["kendall_tau"]) & (a["kendall_tau"] <= a["kendall_hi"])).all()
 
 
+def _noise_vs_monotone(n: int = 20) -> pd.DataFrame:
+    """cn_metantk_maml (and _anil) a perfect monotone function of accuracy; cn_ntk noise."""
+    frame = _monotone_proxies(n)
+    frame["cn_ntk"] = np.random.default_rng(11).permutation(n).astype(float)
+    return frame
+
+
+def test_proxy_difference_perfect_proxy_beats_noise() -> None:
+    diff = report.proxy_difference_table(_noise_vs_monotone(), n_boot=300, seed=0)
+    by = diff.set_index(["proxy_a", "proxy_b", "target"])
+    row = by.loc[("cn_metantk_maml", "cn_ntk", "acc_1shot")]
+    assert row["n"] == 20 and row["tau_a"] == pytest.approx(1.0)
+    assert abs(row["tau_b"]) < 0.5 and row["tau_diff"] == pytest.approx(1.0 - row["tau_b"])
+    assert 0 < row["diff_lo"] <= row["tau_diff"] <= row["diff_hi"]  # interval excludes 0
+    assert row["frac_positive"] == 1.0
+    # Reversed pair: the same evidence, the other sign.
+    back = report.proxy_difference_table(_noise_vs_monotone(), pairs=[("cn_ntk", "cn_metantk_maml")],
+                                         n_boot=300, seed=0)
+    assert back.loc[0, "tau_diff"] == pytest.approx(-row["tau_diff"])
+    assert back.loc[0, "diff_hi"] < 0 and back.loc[0, "frac_positive"] == 0.0
+    md = report.proxy_differences_markdown(diff)
+    assert "## " not in md and "P(τ(a) > τ(b))" in md and "excludes 0" in md
+    assert f"| omniglot | acc_1shot | cn_metantk_maml | cn_ntk | 20 | +1.000 | {row['tau_b']:+.3f} |" in md
+    assert "| cn_metantk_maml | params (baseline) |" in md
+
+
+def test_proxy_difference_identical_proxies_is_exactly_zero() -> None:
+    frame = _noise_vs_monotone(15)
+    frame["acc_1shot"] = np.random.default_rng(2).uniform(0.3, 0.9, size=15)
+    frame["cn_metantk_anil"] = 3 * frame["cn_metantk_maml"] + 1  # same ranking
+    diff = report.proxy_difference_table(frame, pairs=[("cn_metantk_maml", "cn_metantk_anil")],
+                                         n_boot=200, seed=5)
+    assert len(diff) == 2
+    assert (diff["tau_diff"] == 0.0).all()
+    assert (diff["diff_lo"] == 0.0).all() and (diff["diff_hi"] == 0.0).all()
+    assert (diff["frac_positive"] == 0.0).all()
+    assert np.isfinite(diff["tau_a"]).all() and not np.allclose(diff["tau_a"], 1.0)
+
+
+def test_proxy_difference_matches_a_manual_paired_bootstrap() -> None:
+    frame = _noise_vs_monotone(12)
+    frame["acc_1shot"] = np.random.default_rng(8).uniform(0.3, 0.9, size=12)
+    frame.loc[3, "cn_ntk"] = math.nan      # dropped for pairs with cn_ntk only
+    frame.loc[5, "cn_ntk"] = math.inf      # kept, ranks worst
+    frame.loc[7, "acc_1shot"] = math.nan   # dropped for acc_1shot only
+    n_boot = 40
+    diff = report.proxy_difference_table(frame, n_boot=n_boot, seed=9)
+    first = diff.iloc[0]  # first dataset, first pair, first target: the first draw
+    assert (first["proxy_a"], first["proxy_b"], first["target"]) == (
+        "cn_metantk_maml", "cn_ntk", "acc_1shot")
+    keep = frame["cn_ntk"].notna() & frame["acc_1shot"].notna()
+    sub = frame[keep]
+    a = -sub["cn_metantk_maml"].to_numpy()
+    b = np.where(np.isinf(sub["cn_ntk"]), -np.inf, -sub["cn_ntk"].to_numpy())
+    y = sub["acc_1shot"].to_numpy()
+    assert first["n"] == len(sub) == 10
+    assert first["tau_a"] == pytest.approx(stats.kendalltau(a, y).statistic)
+    assert first["tau_b"] == pytest.approx(stats.kendalltau(b, y).statistic)
+    idx = np.random.default_rng(9).integers(0, len(sub), size=(n_boot, len(sub)))
+    boot = np.array([stats.kendalltau(a[i], y[i]).statistic - stats.kendalltau(b[i], y[i]).statistic
+                     for i in idx])  # both taus on the same resample
+    assert first["diff_lo"] == pytest.approx(np.percentile(boot, 2.5))
+    assert first["diff_hi"] == pytest.approx(np.percentile(boot, 97.5))
+    assert first["frac_positive"] == pytest.approx((boot > 0).mean())
+    by = diff.set_index(["proxy_a", "proxy_b", "target"])["n"]
+    assert by[("cn_metantk_maml", "cn_ntk", "acc_5shot")] == 11
+    assert by[("cn_metantk_maml", "cn_metantk_anil", "acc_1shot")] == 11
+    assert by[("cn_metantk_maml", "cn_metantk_anil", "acc_5shot")] == 12
+
+
+def test_proxy_difference_skips_pairs_with_a_missing_column() -> None:
+    frame = _noise_vs_monotone(10).drop(columns=["params", "cn_metantk_anil"])
+    diff = report.proxy_difference_table(frame, n_boot=10)
+    assert list(zip(diff["proxy_a"], diff["proxy_b"])) == [("cn_metantk_maml", "cn_ntk")] * 2
+    assert list(diff["target"]) == list(report.TARGETS)
+    none = report.proxy_difference_table(frame, pairs=[("regions", "params")], n_boot=10)
+    assert none.empty and "tau_diff" in none.columns
+    with pytest.raises(ValueError, match="unknown proxy 'cn_typo'"):
+        report.proxy_difference_table(frame, pairs=[("cn_typo", "params")])
+    with pytest.raises(ValueError, match="n_boot must be >= 0"):
+        report.proxy_difference_table(frame, n_boot=-1)
+
+
+def test_proxy_difference_bootstrap_is_seeded() -> None:
+    frame = _noise_vs_monotone(15)
+    frame["acc_5shot"] = np.random.default_rng(6).uniform(0.3, 0.9, size=15)
+    a = report.proxy_difference_table(frame, n_boot=100, seed=7)
+    b = report.proxy_difference_table(frame, n_boot=100, seed=7)
+    c = report.proxy_difference_table(frame, n_boot=100, seed=8)
+    pd.testing.assert_frame_equal(a, b)
+    pd.testing.assert_series_equal(a["tau_diff"], c["tau_diff"])  # point estimates: no rng
+    assert not a["diff_lo"].equals(c["diff_lo"]) or not a["diff_hi"].equals(c["diff_hi"])
+    fin = a[np.isfinite(a["diff_lo"])]
+    assert len(fin) > 0
+    assert ((fin["diff_lo"] <= fin["diff_hi"]) & fin["frac_positive"].between(0, 1)).all()
+    none = report.proxy_difference_table(frame, n_boot=0)
+    assert none["diff_lo"].isna().all() and none["frac_positive"].isna().all()
+    pd.testing.assert_series_equal(none["tau_diff"], a["tau_diff"])
+
+
 def test_format_helpers() -> None:
     assert report.format_seconds(45) == "45.0 s"
     assert report.format_seconds(738) == "12.3 min"
@@ -243,8 +369,16 @@ def test_write_report_with_proxies_and_out_dir(results_dir: Path, tmp_path: Path
     files = report.write_report(results_dir, tmp_path / "elsewhere", n_boot=20)
     assert files["correlations.csv"] == tmp_path / "elsewhere" / "correlations.csv"
     corr = pd.read_csv(files["correlations.csv"])
-    assert len(corr) == 8 and np.allclose(corr["kendall_tau"], 1.0)
-    assert "Kendall τ" in files.markdown
+    assert len(corr) == (4 + 1) * 2 and np.allclose(corr["kendall_tau"], 1.0)
+    assert "Kendall τ" in files.markdown and "params (baseline)" in files.markdown
+    assert files["proxy_differences.csv"] == tmp_path / "elsewhere" / "proxy_differences.csv"
+    diff = pd.read_csv(files["proxy_differences.csv"])
+    assert set(zip(diff["proxy_a"], diff["proxy_b"])) == set(report.DEFAULT_PAIRS)
+    assert len(diff) == len(report.DEFAULT_PAIRS) * 2
+    assert np.allclose(diff["tau_diff"], 0.0)  # every proxy here is perfectly monotone
+    md = files.markdown
+    assert md.index("## Proxy quality") < md.index("## Proxy comparison: paired difference")
+    assert "excludes 0" in md
 
 
 def test_report_with_searches_only_notes_missing_trials(tmp_path: Path) -> None:

@@ -206,7 +206,7 @@ def test_finish_writes_proxy_rows_plots_and_the_report_shows_them(scored):
     report = build_report(cfg.results_dir, n_boot=20)
     assert "## Proxy quality" in report.markdown and "cn_metantk_anil" in report.markdown
     assert f"plots/{PLOT_FILE}" in report.markdown
-    assert set(report.tables["correlations"]["proxy"]) == set(PROXY_COLUMNS)
+    assert set(report.tables["correlations"]["proxy"]) == set(PROXY_COLUMNS) | {"params"}
 
 
 def test_finish_refuses_trials_without_scores(scored, tmp_path):
