@@ -284,7 +284,9 @@ class InlinePool:
     """A scorer pool in this process (no Ray): same `run(jobs, on_result)` as `ScorerPool`.
 
     For benchmarks, debugging and machines without Ray; scores are identical to the actors'
-    (same pure function). `device` is where the networks live.
+    (same pure function). `device` is where the networks live. On a CPU it scores with one
+    torch thread, as each CPU actor does: the float summation order, and so the last digits
+    of a condition number (about 1e-4 relative), depend on the thread count.
     """
 
     def __init__(self, device: torch.device | str = "cpu", batch: int | None = None) -> None:
@@ -296,12 +298,18 @@ class InlinePool:
         self._scorers: dict[ScoreSpec, Scorer] = {}
 
     def run(self, jobs: Any, on_result: Any) -> None:
-        for job in jobs:
-            scorer = self._scorers.get(job.spec)
-            if scorer is None:
-                scorer = self._scorers[job.spec] = Scorer(job.spec, self.device)
-            scores = scorer.score_many([m for _, m in job.items], job.key, job.measures, batch=self.batch)
-            on_result(job, self.label, [(ident, sc) for (ident, _), sc in zip(job.items, scores)])
+        threads = torch.get_num_threads()
+        if self.device.type == "cpu":
+            torch.set_num_threads(1)
+        try:
+            for job in jobs:
+                scorer = self._scorers.get(job.spec)
+                if scorer is None:
+                    scorer = self._scorers[job.spec] = Scorer(job.spec, self.device)
+                scores = scorer.score_many([m for _, m in job.items], job.key, job.measures, batch=self.batch)
+                on_result(job, self.label, [(ident, sc) for (ident, _), sc in zip(job.items, scores)])
+        finally:
+            torch.set_num_threads(threads)
 
     def shutdown(self) -> None:
         self._scorers.clear()

@@ -68,3 +68,24 @@ def test_sample_masks_must_match_the_batch(scorer):
             net(torch.zeros(4, 3, 16, 16))
     finally:
         net.sample_masks = None
+
+
+def test_inline_pool_scores_with_one_thread_like_the_actors(scorer):
+    """A multi-threaded caller gets the actors' (one-thread) scores exactly, and its thread count back."""
+    import torch
+
+    cands = _candidates()[:2]
+    key = (0, "threads", 0, 0)
+    expected = [scorer.score(m, key, ("cn_meta",)).cn_meta for m in cands]  # tests run with one thread
+    pool = InlinePool("cpu", batch=1)
+    seen = []
+    job = Job(scorer.spec, key, ("cn_meta",), tuple(((i, 0), m) for i, m in enumerate(cands)))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        pool.run([job], lambda j, label, res: seen.extend((torch.get_num_threads(), sc.cn_meta) for _, sc in res))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert [t for t, _ in seen] == [1, 1]
+    assert [v for _, v in seen] == expected
