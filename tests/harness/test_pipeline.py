@@ -117,3 +117,32 @@ def test_trial_specs_resolve_a_relative_dataset_root(tmp_path, monkeypatch):
     (spec,) = trial_specs(cfg, [row])
     assert spec.root == str(tmp_path / "data" / "omniglot")
     assert spec_from_config(cfg, 3).root == str(tmp_path / "data" / "omniglot")
+
+
+def test_trial_network_is_seeded_with_torchs_default_init(tmp_path):
+    """Same trial -> the same weights bit for bit; another trial differs; the global RNG is untouched;
+    and the weights follow torch's default init (|w| <= 1/sqrt(fan_in)), not the search's He-normal."""
+    import math
+    from dataclasses import replace
+
+    import torch
+
+    from harness.trials import seeded_network, trial_specs
+
+    cfg = pipeline_config(tmp_path)
+    row = {"search_id": "synthetic-metanas-s0-c3", "method": "metanas", "seed": 0, "cells": 3,
+           "genotype": "metanas_in_v2", "device_seconds": 0.0}
+    from search_spaces.genotypes import resolve_genotype
+
+    row["genotype"] = resolve_genotype("metanas_in_v2").to_str()
+    (spec,) = trial_specs(cfg, [row])
+    state = torch.random.get_rng_state()
+    a, b = seeded_network(spec, 6, 3), seeded_network(spec, 6, 3)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    other = seeded_network(replace(spec, trial_id="another"), 6, 3)
+    pa, pb, po = (dict(m.named_parameters()) for m in (a, b, other))
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    assert not all(torch.equal(pa[k], po[k]) for k in pa)
+    stem = a.stem[0].weight
+    fan_in = stem.shape[1] * stem.shape[2] * stem.shape[3]
+    assert stem.abs().max() <= 1 / math.sqrt(fan_in)
