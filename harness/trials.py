@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import shutil
 import tempfile
@@ -209,8 +210,6 @@ def run_trial(config: dict[str, Any], specs: dict[str, dict[str, Any]]) -> None:
 
     from trainers.data import load_split
     from trainers.rfs import TrainConfig, pretrain
-
-    import logging
 
     # Ray logs every persisted checkpoint at INFO (one line per epoch and trial, forwarded
     # to the driver's console); Tune's status table already shows the epochs.

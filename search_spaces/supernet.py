@@ -30,8 +30,8 @@ from search_spaces.ops import PRIMITIVES, FactorizedReduce, ReLUConvNorm, make_n
 
 __all__ = [
     "CELL_TYPES", "EDGES_PER_CELL", "EDGE_INPUTS", "Masks", "MixedEdge", "SearchCell", "Supernet",
-    "full_masks", "genotype_masks", "validate_masks", "reduction_indices", "resolve_reductions", "stack_cells", "thin_supernet",
-    "parameter_count",
+    "full_masks", "genotype_masks", "validate_masks", "reduction_indices", "resolve_reductions",
+    "stack_cells", "thin_supernet", "parameter_count",
 ]
 
 Masks = Mapping[str, torch.Tensor]
