@@ -30,6 +30,13 @@ GENOTYPE_METHOD_PREFIX = "genotype:"  # e.g. "genotype:metanas_og_v2": any regis
 DATASET_NAMES: tuple[str, ...] = ("synthetic", "omniglot", "mini_imagenet", "tiered_imagenet")
 
 
+def absolute_root(root: str) -> str:
+    """A dataset root resolved against the current directory ("" stays ""): the one spelling
+    used wherever a root leaves the command's process (Tune trials run in their own working
+    directory, actors may run on other nodes) or is hashed for a resume."""
+    return str(Path(root).resolve()) if root else ""
+
+
 def valid_methods() -> tuple[str, ...]:
     return (*PRUNING_METHODS, *FIXED_METHODS)
 

@@ -48,13 +48,9 @@ class ScorerActor:
         return {"pid": os.getpid(), "label": self.label, "device_kind": kind}
 
     def score(self, job: Job) -> tuple[str, list[tuple[Hashable, Score]]]:
-        from harness.scoring import Scorer, default_batch
+        from harness.scoring import default_batch, score_job
 
-        scorer = self._scorers.get(job.spec)
-        if scorer is None:
-            scorer = self._scorers[job.spec] = Scorer(job.spec, self.device)
-        scores = scorer.score_many([m for _, m in job.items], job.key, job.measures, batch=default_batch(self.device))
-        return self.label, [(ident, sc) for (ident, _), sc in zip(job.items, scores)]
+        return self.label, score_job(self._scorers, job, self.device, default_batch(self.device))
 
 
 def plan_workers(requested: int, gpus_per_worker: float) -> tuple[int, dict[str, float]]:

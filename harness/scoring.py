@@ -13,12 +13,13 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Hashable, Mapping
 
 import numpy as np
 import torch
+
+from harness.config import absolute_root
 
 # What a method may ask for: condition number of the MetaNTK, of the plain NTK, regions.
 MEASURE_NAMES: tuple[str, ...] = ("cn_meta", "cn_ntk", "rn")
@@ -261,7 +262,7 @@ def spec_from_config(cfg: Any, cells: int) -> ScoreSpec:
     """The `ScoreSpec` of one search of an `ExperimentConfig` (harness.config)."""
     d, s = cfg.dataset, cfg.search
     return ScoreSpec(
-        dataset=d.name, root=str(Path(d.root).resolve()) if d.root else "", split=d.train_split,
+        dataset=d.name, root=absolute_root(d.root), split=d.train_split,
         dataset_options=tuple(sorted((k, _freeze(v)) for k, v in d.options.items())), image_size=d.image_size, data_seed=cfg.experiment.seed,
         cells=cells, init_channels=s.init_channels, tasks=s.tasks, ways=s.ways, shots=s.shots, queries=s.queries,
         kernel_image_size=s.kernel_image_size, algorithm=s.algorithm, inner_time=s.inner_time, reg=s.reg,
@@ -278,6 +279,17 @@ GPU_CANDIDATE_BATCH = 16
 def default_batch(device: torch.device) -> int:
     """Batched candidate scoring on GPUs only: on a CPU the work is compute-bound (measured)."""
     return GPU_CANDIDATE_BATCH if device.type == "cuda" else 1
+
+
+def score_job(scorers: dict[ScoreSpec, Scorer], job: Job, device: torch.device, batch: int
+              ) -> list[tuple[Hashable, Score]]:
+    """Score one job with the cached `Scorer` of its spec (built on first use, kept in
+    `scorers`); `batch` candidates per kernel pass. Shared by `InlinePool` and the Ray actors."""
+    scorer = scorers.get(job.spec)
+    if scorer is None:
+        scorer = scorers[job.spec] = Scorer(job.spec, device)
+    scores = scorer.score_many([m for _, m in job.items], job.key, job.measures, batch=batch)
+    return [(ident, sc) for (ident, _), sc in zip(job.items, scores)]
 
 
 class InlinePool:
@@ -303,11 +315,7 @@ class InlinePool:
             torch.set_num_threads(1)
         try:
             for job in jobs:
-                scorer = self._scorers.get(job.spec)
-                if scorer is None:
-                    scorer = self._scorers[job.spec] = Scorer(job.spec, self.device)
-                scores = scorer.score_many([m for _, m in job.items], job.key, job.measures, batch=self.batch)
-                on_result(job, self.label, [(ident, sc) for (ident, _), sc in zip(job.items, scores)])
+                on_result(job, self.label, score_job(self._scorers, job, self.device, self.batch))
         finally:
             torch.set_num_threads(threads)
 

@@ -25,7 +25,8 @@ from typing import Any, Hashable, Iterable
 import numpy as np
 
 from harness import store
-from harness.config import (FIXED_METHODS, GENOTYPE_METHOD_PREFIX, PRUNING_METHODS, ExperimentConfig, to_toml)
+from harness.config import (FIXED_METHODS, GENOTYPE_METHOD_PREFIX, PRUNING_METHODS, ExperimentConfig, absolute_root,
+                            to_toml)
 from harness.errors import UserError
 from harness.ranking import Candidate, EDGE_GROUPS, choose_edges, choose_prunes, mean_delta, rank_candidates, relative_delta
 from harness.scoring import N_EDGES, N_OPS, Job, Score, ScoreSpec, generator, spec_from_config
@@ -147,8 +148,7 @@ def config_digest(cfg: ExperimentConfig) -> str:
     The dataset root is hashed resolved, so `--root data/x` and `--root ./data/x` (or an
     absolute spelling of the same folder) resume the same run.
     """
-    root = str(Path(cfg.dataset.root).resolve()) if cfg.dataset.root else ""
-    cfg = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, root=root),
+    cfg = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, root=absolute_root(cfg.dataset.root)),
                               resources=type(cfg.resources)(), source="")
     text = to_toml(cfg)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import store
-from harness.config import ExperimentConfig
+from harness.config import ExperimentConfig, absolute_root
 
 MODEL_DIR = "models"
 EPISODE_DIR = "episode_lists"
@@ -111,12 +111,6 @@ def ensure_episode_lists(cfg: ExperimentConfig) -> list[Path]:
             episodes.save(path)
         paths.append(path)
     return paths
-
-
-def absolute_root(root: str) -> str:
-    """Trials run in Tune's own working directory (and actors on other nodes): a relative
-    dataset root must be resolved against the caller's directory first."""
-    return str(Path(root).resolve()) if root else ""
 
 
 def trial_specs(cfg: ExperimentConfig, searches: list[dict[str, Any]]) -> list[TrialSpec]:
