@@ -67,23 +67,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Few-shot accuracy of a trained model (a `models/*.pt` file) on any dataset's split."""
-    from pathlib import Path
-
     import torch
 
-    from harness.trials import build_network
+    from harness.trials import build_network, read_model_file
     from trainers.data import NORMALIZATION, load_split
     from trainers.episodes import sample_episodes
     from trainers.fewshot import evaluate_model, mean_confidence_interval
 
-    path = Path(args.checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found; trained models are in RESULTS_DIR/models/*.pt")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    missing = [k for k in ("genotype", "channels", "cells", "num_classes", "in_channels", "model") if k not in ckpt]
-    if missing:
-        raise ValueError(f"{path} is not a metantk-nas model file (missing {', '.join(missing)}); "
-                         f"use RESULTS_DIR/models/<trial>.pt written by `metantk-nas run` or `train`")
+    # Read as data (weights_only): a model file never runs code.
+    ckpt = read_model_file(args.checkpoint)
     model = build_network(ckpt["genotype"], ckpt["channels"], ckpt["num_classes"], ckpt["cells"], ckpt["in_channels"])
     model.load_state_dict(ckpt["model"])
     split = load_split(args.dataset, args.root, args.split, image_size=args.image_size, seed=args.data_seed)

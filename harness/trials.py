@@ -186,6 +186,43 @@ def evaluate_trained(model: Any, spec_like: Any, split: Any, device: Any, *, pro
     return summary, rows
 
 
+MODEL_KEYS = ("genotype", "channels", "cells", "num_classes", "in_channels", "model")
+
+
+def read_model_file(path: str | Path) -> dict[str, Any]:
+    """Load a trained model file (`models/<trial>.pt`) as data, never as code.
+
+    Model files hold only tensors and plain values, so they are read with
+    `torch.load(weights_only=True)`: a file whose pickle names any other global (a
+    `__reduce__` payload, top-level or nested) is refused before anything in it runs.
+    Raises `UserError` naming the file and the fix for a missing, foreign or unreadable file.
+    """
+    import pickle
+
+    import torch
+
+    from harness.errors import UserError
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"model file {p} not found; trained models are in RESULTS_DIR/models/*.pt")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{p} is not a plain metantk-nas model file and was not loaded ({first}); "
+                        f"model files hold only tensors and plain values: use RESULTS_DIR/models/<trial>.pt "
+                        f"written by `metantk-nas run` or `train`") from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise UserError(f"{p} is not a readable model file ({type(exc).__name__}: {str(exc)[:120]}); "
+                        f"use RESULTS_DIR/models/<trial>.pt written by `metantk-nas run` or `train`") from exc
+    missing = [k for k in MODEL_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise UserError(f"{p} is not a metantk-nas model file (missing {', '.join(missing)}); "
+                        f"use RESULTS_DIR/models/<trial>.pt written by `metantk-nas run` or `train`")
+    return ckpt
+
+
 def trial_label(spec: TrialSpec) -> str:
     """Short name of a trial for Tune's status table: the trial id without its dataset prefix
     (one experiment has one dataset), e.g. `metantk-s0-c3`."""
