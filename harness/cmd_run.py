@@ -66,30 +66,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Few-shot accuracy of a trained model (a `models/*.pt` file) on any dataset's split."""
+    """Few-shot accuracy of a trained model file: by default exactly its trial's evaluation."""
     import torch
 
-    from harness.trials import build_network, read_model_file
-    from trainers.data import NORMALIZATION, load_split
-    from trainers.episodes import sample_episodes
-    from trainers.fewshot import evaluate_model, mean_confidence_interval
+    from harness.trials import EvalOverrides, evaluate_model_file
 
-    # Read as data (weights_only): a model file never runs code.
-    ckpt = read_model_file(args.checkpoint)
-    model = build_network(ckpt["genotype"], ckpt["channels"], ckpt["num_classes"], ckpt["cells"], ckpt["in_channels"])
-    model.load_state_dict(ckpt["model"])
-    split = load_split(args.dataset, args.root, args.split, image_size=args.image_size, seed=args.data_seed)
-    if int(split.images.shape[1]) != ckpt["in_channels"]:
-        raise ValueError(f"{args.dataset} images have {split.images.shape[1]} channels but the model expects "
-                         f"{ckpt['in_channels']}; evaluate on a dataset like the one it was trained on")
+    overrides = EvalOverrides(dataset=args.dataset, root=args.root, split=args.split, image_size=args.image_size,
+                              data_seed=args.data_seed, ways=args.ways, shots=args.shots, queries=args.queries,
+                              episodes=args.episodes, seed=args.seed, C=args.C, support_augment=args.support_augment)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    episodes = sample_episodes(split.labels, ways=args.ways, shots=args.shots, queries=args.queries,
-                               count=args.episodes, seed=args.seed)
-    accs = evaluate_model(model, split, episodes, device=device, normalization=NORMALIZATION[args.dataset],
-                          progress=not args.no_progress)
-    mean, half = mean_confidence_interval(accs)
-    print(f"{args.dataset}/{args.split} {args.ways}-way {args.shots}-shot, {args.episodes} episodes: "
-          f"{100 * mean:.2f} ± {100 * half:.2f} % (95% CI)")
+    # The file is read as data (weights_only): a model file never runs code.
+    settings, summary = evaluate_model_file(args.checkpoint, overrides, device, progress=not args.no_progress)
+    source = "the trial's stored episode lists" if settings.episode_lists else "newly sampled episodes"
+    for shots, (mean, half) in summary.items():
+        print(f"{settings.dataset}/{settings.split} {settings.ways}-way {shots}-shot, {settings.episodes} episodes "
+              f"({source}): {100 * mean:.2f} ± {100 * half:.2f} % (95% CI)")
     return 0
 
 
@@ -110,18 +101,26 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("evaluate", help="few-shot accuracy of a trained model on a dataset",
                        description="Evaluate a trained model file (RESULTS_DIR/models/*.pt) with N-way K-shot "
-                                   "logistic-regression episodes on a dataset split.")
+                                   "logistic-regression episodes. With no other flag this is exactly the trial's "
+                                   "evaluation (dataset and options, image size, normalisation, C, support "
+                                   "augmentation, the stored episode lists), so it reproduces the trial's accuracy; "
+                                   "flags override settings, and any data or episode flag samples new episodes.")
     p.add_argument("--checkpoint", required=True, help="model file written by run/train (RESULTS_DIR/models/*.pt)")
-    p.add_argument("--dataset", required=True, help="dataset name (see `metantk-nas data list`)")
-    p.add_argument("--root", default=None, help="dataset root folder")
-    p.add_argument("--split", default="test", help="split with the evaluation classes (default: test)")
-    p.add_argument("--image-size", type=int, default=None, help="resize images (default: dataset native)")
-    p.add_argument("--ways", type=int, default=5)
-    p.add_argument("--shots", type=int, default=1)
-    p.add_argument("--queries", type=int, default=15)
-    p.add_argument("--episodes", type=int, default=600)
-    p.add_argument("--seed", type=int, default=0, help="episode sampling seed")
-    p.add_argument("--data-seed", type=int, default=0, help="class split seed (omniglot)")
+    keep = " (default: the trial's)"
+    p.add_argument("--dataset", default=None, help="dataset name (see `metantk-nas data list`)" + keep)
+    p.add_argument("--root", default=None, help="dataset root folder" + keep)
+    p.add_argument("--split", default=None, help="split with the evaluation classes" + keep)
+    p.add_argument("--image-size", type=int, default=None, help="resize images" + keep)
+    p.add_argument("--ways", type=int, default=None, help="classes per episode" + keep)
+    p.add_argument("--shots", type=int, default=None, help="support images per class (default: each of the trial's)")
+    p.add_argument("--queries", type=int, default=None, help="query images per class" + keep)
+    p.add_argument("--episodes", type=int, default=None, help="number of episodes" + keep)
+    p.add_argument("--seed", type=int, default=None,
+                   help="sample new episodes as an experiment with this seed would (default: the trial's lists)")
+    p.add_argument("--data-seed", type=int, default=None, help="class split / generation seed" + keep)
+    p.add_argument("--C", type=float, default=None, help="inverse L2 penalty of the logistic regression" + keep)
+    p.add_argument("--support-augment", type=int, default=None,
+                   help="augmented copies of each support image (0 = none)" + keep)
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)

@@ -596,16 +596,10 @@ def _figures(layout: store.ResultsLayout) -> tuple[Path, ...]:
     return tuple(found)
 
 
-def build_report(results_dir: str | os.PathLike[str], *, n_boot: int = 1000,
-                 seed: int = 0, link_base: str | os.PathLike[str] | None = None) -> Report:
-    """Read the Parquet tables of `results_dir` and render the report (writes nothing).
-
-    link_base: folder the Markdown's figure links are relative to (default: the report
-    folder). Raises FileNotFoundError for a missing folder and ValueError when it holds no
-    Parquet table at all.
-    """
-    layout = store.results_layout(results_dir)
-    root = layout.root
+def read_results(results_dir: str | os.PathLike[str]) -> dict[str, pd.DataFrame]:
+    """Every table of `results_dir` (name -> DataFrame). Raises FileNotFoundError for a
+    missing folder and ValueError when it holds no Parquet table at all."""
+    root = store.results_layout(results_dir).root
     if not root.is_dir():
         raise FileNotFoundError(f"results folder {root} does not exist; run `metantk-nas run "
                                 "EXPERIMENT.toml` first and pass the folder it writes "
@@ -613,7 +607,23 @@ def build_report(results_dir: str | os.PathLike[str], *, n_boot: int = 1000,
     if not store.has_parquet(root):
         raise ValueError(f"no Parquet results under {root} (expected {', '.join(store.TABLES)} "
                          "folders); run `metantk-nas run EXPERIMENT.toml` first")
-    data = {name: store.read_table(root, name) for name in store.TABLES}
+    return {name: store.read_table(root, name) for name in store.TABLES}
+
+
+def build_report(results_dir: str | os.PathLike[str], *, n_boot: int = 1000,
+                 seed: int = 0, link_base: str | os.PathLike[str] | None = None,
+                 data: Mapping[str, pd.DataFrame] | None = None,
+                 extra_figures: Sequence[Path] = ()) -> Report:
+    """Read the Parquet tables of `results_dir` and render the report (writes nothing).
+
+    link_base: folder the Markdown's figure links are relative to (default: the report
+    folder). data: the tables if already read (`read_results`). extra_figures: figures
+    written for this report (`harness.figures`), linked after those found in plots/ and
+    cells/. Raises as `read_results`.
+    """
+    layout = store.results_layout(results_dir)
+    root = layout.root
+    data = dict(data) if data is not None else read_results(root)
     counts = ", ".join(f"{name} {len(frame)}" for name, frame in data.items())
     experiments = sorted(set().union(*(set(f["experiment"]) for f in data.values())))
     parts = [f"# Results: {root.name}", "",
@@ -645,7 +655,7 @@ def build_report(results_dir: str | os.PathLike[str], *, n_boot: int = 1000,
     else:
         parts += ["", "_No `proxies` rows: the correlation study "
                   "(experiments/correlation_omniglot.toml) has not been run here._"]
-    figures = _figures(layout)
+    figures = _figures(layout) + tuple(extra_figures)
     base = Path(link_base) if link_base is not None else layout.report
     if figures:
         parts += ["", "## Figures", ""]
@@ -655,18 +665,36 @@ def build_report(results_dir: str | os.PathLike[str], *, n_boot: int = 1000,
 
 
 def write_report(results_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None,
-                 *, n_boot: int = 1000, seed: int = 0) -> ReportFiles:
-    """Write report.md and one CSV per table atomically.
+                 *, n_boot: int = 1000, seed: int = 0, figures: bool = True) -> ReportFiles:
+    """Write report.md, one CSV per table, the figures and index.html, atomically.
 
     Tables: table1, table2 (with trials), correlations and proxy_differences (with proxies).
+    Figures (`harness.figures.write_figures`, SVG and PNG in `<out>/figures/`) and
+    `<out>/index.html` (`harness.html_report`) unless `figures=False`.
 
     out_dir defaults to `results_dir/report/`. Returns file name -> path, with the Markdown
     text in `.markdown`.
     """
-    out = Path(out_dir) if out_dir is not None else store.results_layout(results_dir).report
-    report = build_report(results_dir, n_boot=n_boot, seed=seed, link_base=out)
+    from harness.figures import FIGURE_DIR, FigureSet, write_figures
+    from harness.html_report import INDEX_FILE, render_index
+
+    layout = store.results_layout(results_dir)
+    out = Path(out_dir) if out_dir is not None else layout.report
+    data = read_results(results_dir)
+    figure_set = (write_figures(results_dir, out / FIGURE_DIR, data=data, n_boot=n_boot, seed=seed)
+                  if figures else FigureSet())
+    report = build_report(results_dir, n_boot=n_boot, seed=seed, link_base=out, data=data,
+                          extra_figures=[p for p in figure_set.paths() if p.suffix == ".svg"])
     paths = {"report.md": store.write_text_atomic(out / "report.md", report.markdown)}
     for stem, frame in report.tables.items():
         paths[f"{stem}.csv"] = store.write_text_atomic(out / f"{stem}.csv",
                                                        frame.to_csv(index=False))
+    if figures:
+        for path in figure_set.paths():
+            paths[path.relative_to(out).as_posix()] = path
+        # The page shows the tables but not the figure list (the figures are on the page).
+        # and not the title (the page has its own).
+        tables_md = report.markdown.split("\n## Figures\n")[0].split("\n", 1)[1]
+        paths[INDEX_FILE] = store.write_text_atomic(
+            out / INDEX_FILE, render_index(tables_md, figure_set, data["searches"], layout, out))
     return ReportFiles(paths, report.markdown)

@@ -11,7 +11,7 @@ Schemas are pinned: writers are checked column by column (names, Python types, n
 accuracy ranges) and readers refuse any file whose columns or `schema_version` differ,
 naming the file and the column. Conventions of the stored values:
 
-- accuracies (`acc_*`, `accuracy`, `final_train_acc`) are fractions in [0, 1]; `ci_*` are
+- accuracies (`acc_*`, `accuracy`, `final_train_acc`, `train_acc`) are fractions in [0, 1]; `ci_*` are
   half-widths of 95% intervals in the same unit;
 - a missing float is NaN, a missing string is "" (no nulls anywhere, so pandas dtypes are
   stable); condition numbers may be +inf (an explicit value, never a sentinel).
@@ -82,6 +82,13 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("seed", _I64), ("cells", _I32), ("ways", _I32), ("shots", _I32), ("queries", _I32),
         ("episode", _I32), ("accuracy", _F64),
     ),
+    # One row per trial and training epoch (the training curve); `epoch` counts from 1,
+    # `train_acc` is the epoch's mean training accuracy, `lr` the rate the epoch ran with.
+    "history": _schema(
+        ("experiment", _STR), ("trial_id", _STR), ("dataset", _STR), ("method", _STR),
+        ("seed", _I64), ("cells", _I32), ("epoch", _I32), ("loss", _F64), ("train_acc", _F64),
+        ("lr", _F64), ("seconds", _F64),
+    ),
     # One row per sampled genotype of the proxy-quality study (issue 6).
     "proxies": _schema(
         ("experiment", _STR), ("dataset", _STR), ("genotype_id", _STR), ("genotype", _STR),
@@ -96,7 +103,7 @@ SCHEMAS: dict[str, pa.Schema] = {
 TABLES: tuple[str, ...] = tuple(SCHEMAS)
 
 # Columns holding accuracies as fractions: a value outside [0, 1] means someone wrote percent.
-_FRACTION_COLUMNS = frozenset({"acc_1shot", "acc_5shot", "accuracy", "final_train_acc"})
+_FRACTION_COLUMNS = frozenset({"acc_1shot", "acc_5shot", "accuracy", "final_train_acc", "train_acc"})
 
 # Keys become file names: no separators, no leading dot (temp files and `..` start with one).
 _KEY_RE = re.compile(r"^[A-Za-z0-9_=-][A-Za-z0-9_.=-]{0,199}$")
@@ -181,6 +188,11 @@ def _atomic_write(path: Path, write: Callable[[Any], None]) -> Path:
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     """Write UTF-8 `text` to `path` atomically (parents created); returns the path."""
     data = text.encode("utf-8")
+    return _atomic_write(Path(path), lambda handle: handle.write(data))
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write `data` to `path` atomically (parents created); returns the path."""
     return _atomic_write(Path(path), lambda handle: handle.write(data))
 
 

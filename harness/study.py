@@ -336,68 +336,11 @@ def finish_proxy_study(cfg: Any) -> Path:
 
 
 def plot_proxies(frame: Any, path: Path, *, n_boot: int = 1000, seed: int = 0, title: str = "") -> Path:
-    """One grid PNG: rows = targets (1-shot, 5-shot), columns = proxies present in `frame`.
+    """The proxy scatter (`harness.figures.proxy_scatter_figure`) as `path` (PNG) and the same
+    stem as SVG, written atomically; returns `path`. Drawn with matplotlib's object API: the
+    caller's backend is left alone."""
+    from harness.figures import proxy_scatter_figure, save_figure
 
-    Condition numbers as log10 (they span decades); infinite ones drawn as red crosses at
-    the right edge.
-    Each panel's title gives Kendall tau with its 95% bootstrap interval, computed by
-    `harness.report.correlation_table` (proxy oriented so that positive = predictive).
-    Written atomically; returns `path`.
-    """
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from harness.report import TARGETS, correlation_table
-
-    columns = [c for c in PROXY_COLUMNS if c in frame.columns]
-    if frame.empty or not columns:
-        raise ValueError(f"no proxy rows to plot (columns {list(frame.columns)}); expected {list(PROXY_COLUMNS)}")
-    frame = frame.assign(dataset=frame["dataset"] if "dataset" in frame.columns else "data")
-    corr = correlation_table(frame[["dataset", *columns, *TARGETS]], n_boot=n_boot, seed=seed)
-    fig, axes = plt.subplots(len(TARGETS), len(columns), figsize=(3.2 * len(columns), 2.9 * len(TARGETS)),
-                             squeeze=False)
-    for j, column in enumerate(columns):
-        x = frame[column].to_numpy(dtype=np.float64)
-        if column in CN_COLUMNS:
-            with np.errstate(divide="ignore"):
-                x = np.log10(x)
-        finite = np.isfinite(x)
-        for i, target in enumerate(TARGETS):
-            ax = axes[i, j]
-            y = 100 * frame[target].to_numpy(dtype=np.float64)
-            ax.scatter(x[finite], y[finite], s=14, alpha=0.8)
-            if (~finite & ~np.isnan(x)).any():
-                right = np.nanmax(x[finite]) + 0.1 * max(np.ptp(x[finite]), 1.0) if finite.any() else 1.0
-                ax.scatter(np.full((~finite).sum(), right), y[~finite], marker="x", color="red", s=20,
-                           label="inf")
-                ax.legend(loc="best", fontsize=7)
-            r = corr[(corr["proxy"] == column) & (corr["target"] == target)].iloc[0]
-            tau = "n/a" if not math.isfinite(r.kendall_tau) else f"{r.kendall_tau:+.2f}"
-            ci = f" [{r.kendall_lo:+.2f}, {r.kendall_hi:+.2f}]" if math.isfinite(r.kendall_lo) else ""
-            ax.set_title((PROXY_LABELS[column] + "\n" if i == 0 else "") + f"Kendall τ = {tau}{ci}", fontsize=9)
-            ax.tick_params(labelsize=7)
-            if i == len(TARGETS) - 1:
-                ax.set_xlabel("log10 condition number (lower = better)" if column in CN_COLUMNS
-                              else "regions (higher = better)", fontsize=8)
-            if j == 0:
-                ax.set_ylabel(TARGET_LABELS[target] + " (%)", fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
-    plt.close(fig)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_bytes_atomic(path, buffer.getvalue())
-    return path
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Temp file beside `path`, then rename (a reader never sees half a PNG)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    fig = proxy_scatter_figure(frame, n_boot=n_boot, seed=seed, title=title)
+    save_figure(fig, Path(path).with_suffix(""), formats=("png", "svg"))
+    return Path(path)

@@ -19,7 +19,7 @@ import math
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +86,14 @@ def train_config_for(cfg: ExperimentConfig, seed: int) -> Any:
 
 def episode_list_path(results_dir: Path, dataset: str, split: str, ways: int, shots: int, queries: int,
                       count: int, seed: int) -> Path:
-    return Path(results_dir) / EPISODE_DIR / f"{dataset}-{split}-{ways}w{shots}s{queries}q-{count}e-seed{seed}.json"
+    """`RESULTS/episode_lists/<dataset>-<split>-<N>w<K>s<Q>q-<E>e-seed<S>.npz` (an `EpisodeList.save`
+    NumPy archive: index arrays + JSON metadata)."""
+    return Path(results_dir) / EPISODE_DIR / f"{dataset}-{split}-{ways}w{shots}s{queries}q-{count}e-seed{seed}.npz"
+
+
+def episode_sampling_seed(seed: int, shots: int) -> int:
+    """Seed of the episode list of `shots` shots in an experiment with seed `seed`."""
+    return seed * 1000 + shots
 
 
 def ensure_episode_lists(cfg: ExperimentConfig) -> list[Path]:
@@ -106,7 +113,7 @@ def ensure_episode_lists(cfg: ExperimentConfig) -> list[Path]:
                                    image_size=cfg.dataset.image_size or None, seed=cfg.experiment.seed,
                                    **cfg.dataset.options)
             episodes = sample_episodes(split.labels, ways=e.ways, shots=shots, queries=e.queries, count=e.episodes,
-                                       seed=cfg.experiment.seed * 1000 + shots)
+                                       seed=episode_sampling_seed(cfg.experiment.seed, shots))
             path.parent.mkdir(parents=True, exist_ok=True)
             episodes.save(path)
         paths.append(path)
@@ -164,29 +171,126 @@ def seeded_network(spec: TrialSpec, n_classes: int, in_channels: int) -> Any:
         return build_network(spec.genotype, spec.channels, n_classes, spec.cells, in_channels)
 
 
-def evaluate_trained(model: Any, spec_like: Any, split: Any, device: Any, *, progress: bool = False
-                     ) -> tuple[dict[int, tuple[float, float]], list[dict[str, Any]]]:
-    """Few-shot accuracy per shot count on the stored episode lists; (summary, episode rows)."""
+@dataclass(frozen=True)
+class EvalSettings:
+    """Everything that fixes a trial's few-shot evaluation, as plain values.
+
+    Stored in the model file (`evaluation`), so `metantk-nas evaluate --checkpoint X` alone
+    reproduces the trial's accuracy: the data (dataset, root, options, image size, class-split
+    seed, split), the normalisation, the logistic regression's C, the support augmentation
+    (count, augmentation NAME and its seed: names, not objects, so the file stays plain data
+    for `torch.load(weights_only=True)`), and the identity of the episode lists (file name and
+    content hash per shot count).
+    """
+
+    dataset: str
+    root: str
+    dataset_options: dict
+    image_size: int                 # 0 = the dataset's native size
+    data_seed: int
+    split: str
+    normalization: tuple            # ((mean, ...), (std, ...)) on the [0, 1] scale
+    ways: int
+    shots: tuple
+    queries: int
+    episodes: int
+    episode_seed: int               # experiment seed the lists were sampled with
+    C: float
+    support_augment: int
+    augment: str                    # training augmentation used for support_augment > 0
+    augment_seed: int
+    episode_lists: dict             # str(shots) -> {"file": name, "content_hash": sha256}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-like values (tuples become lists)."""
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EvalSettings":
+        """Inverse of `to_dict`; ValueError naming the missing or unknown keys."""
+        names = {f.name for f in fields(cls)}
+        missing, extra = sorted(names - set(data)), sorted(set(data) - names)
+        if missing or extra:
+            raise ValueError(f"evaluation settings: missing {missing}, unknown {extra}")
+        norm = data["normalization"]
+        return cls(**{**data, "shots": tuple(int(k) for k in data["shots"]),
+                      "normalization": (tuple(norm[0]), tuple(norm[1]))})
+
+
+def eval_settings(spec: TrialSpec) -> EvalSettings:
+    """The evaluation of trial `spec` (episode lists must exist: `ensure_episode_lists`)."""
     from trainers.data import NORMALIZATION
     from trainers.episodes import EpisodeList
-    from trainers.fewshot import evaluate_model, mean_confidence_interval
+
+    lists = {}
+    for shots in spec.eval_shots:
+        path = episode_list_path(Path(spec.results_dir), spec.dataset, spec.eval_split, spec.eval_ways, shots,
+                                 spec.eval_queries, spec.eval_episodes, spec.data_seed)
+        lists[str(shots)] = {"file": path.name, "content_hash": EpisodeList.load(path).content_hash()}
+    mean, std = NORMALIZATION[spec.dataset]
+    return EvalSettings(
+        dataset=spec.dataset, root=spec.root, dataset_options=dict(spec.dataset_options),
+        image_size=int(spec.image_size or 0), data_seed=spec.data_seed, split=spec.eval_split,
+        normalization=(tuple(mean), tuple(std)), ways=spec.eval_ways, shots=tuple(spec.eval_shots),
+        queries=spec.eval_queries, episodes=spec.eval_episodes, episode_seed=spec.data_seed, C=spec.eval_C,
+        support_augment=spec.support_augment, augment=str(spec.train.get("augment", "")), augment_seed=0,
+        episode_lists=lists)
+
+
+def find_episode_list(settings: EvalSettings, shots: int, places: list[Path]) -> Any:
+    """The stored episode list of `shots` with the recorded content hash, from the first of
+    `places` (folders) that holds it. UserError naming the file and the folders otherwise."""
+    from harness.errors import UserError
+    from trainers.episodes import EpisodeList
+
+    entry = settings.episode_lists[str(shots)]
+    for folder in places:
+        path = Path(folder) / entry["file"]
+        if path.is_file():
+            episodes = EpisodeList.load(path)
+            if episodes.content_hash() != entry["content_hash"]:
+                raise UserError(f"{path} is not the episode list the model was evaluated on (content hash "
+                                f"{episodes.content_hash()[:12]}, expected {entry['content_hash'][:12]}); "
+                                "restore that file or pass --episodes/--seed to sample new episodes")
+            return episodes
+    raise UserError(f"episode list {entry['file']} not found in {', '.join(map(str, places))}; keep the model "
+                    "file in RESULTS_DIR/models/ beside RESULTS_DIR/episode_lists/, or pass --episodes/--seed "
+                    "to sample new episodes")
+
+
+def evaluate_with_settings(model: Any, settings: EvalSettings, split: Any, episodes: Any, shots: int, device: Any,
+                           *, progress: bool = False) -> Any:
+    """Per-episode accuracies (E,) of `model` on `episodes` as `settings` prescribe (normalisation,
+    C, support augmentation by name). The one evaluation path of trials and `evaluate`."""
+    from trainers.fewshot import evaluate_model
+
+    norm = (tuple(settings.normalization[0]), tuple(settings.normalization[1]))
+    return evaluate_model(model, split, episodes, device=device, normalization=norm, C=settings.C,
+                          support_augment=settings.support_augment,
+                          augment=settings.augment if settings.support_augment else None,
+                          seed=settings.augment_seed, progress=progress)
+
+
+def evaluate_trained(model: Any, settings: EvalSettings, split: Any, device: Any, places: list[Path], *,
+                     progress: bool = False) -> tuple[dict[int, tuple[float, float]], list[dict[str, Any]]]:
+    """Few-shot accuracy per shot count on the stored episode lists; (summary, episode rows)."""
+    from trainers.fewshot import mean_confidence_interval
 
     summary, rows = {}, []
-    for shots in spec_like.eval_shots:
-        path = episode_list_path(Path(spec_like.results_dir), spec_like.dataset, spec_like.eval_split,
-                                 spec_like.eval_ways, shots, spec_like.eval_queries, spec_like.eval_episodes,
-                                 spec_like.data_seed)
-        episodes = EpisodeList.load(path)
-        accs = evaluate_model(model, split, episodes, device=device, normalization=NORMALIZATION[spec_like.dataset],
-                              C=spec_like.eval_C, support_augment=spec_like.support_augment, progress=progress)
+    for shots in settings.shots:
+        episodes = find_episode_list(settings, shots, places)
+        accs = evaluate_with_settings(model, settings, split, episodes, shots, device, progress=progress)
         mean, half = mean_confidence_interval(accs)
         summary[shots] = (float(mean), float(half))
-        rows += [{"ways": spec_like.eval_ways, "shots": shots, "queries": spec_like.eval_queries, "episode": i,
+        rows += [{"ways": settings.ways, "shots": shots, "queries": settings.queries, "episode": i,
                   "accuracy": float(a)} for i, a in enumerate(accs.tolist())]
     return summary, rows
 
 
 MODEL_KEYS = ("genotype", "channels", "cells", "num_classes", "in_channels", "model")
+# Written since the model file carries its evaluation (older files lack it: `evaluate` then
+# needs --dataset).
+EVALUATION_KEY = "evaluation"
 
 
 def read_model_file(path: str | Path) -> dict[str, Any]:
@@ -223,6 +327,104 @@ def read_model_file(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+@dataclass(frozen=True)
+class EvalOverrides:
+    """`evaluate` flags; None keeps the model file's setting. Any of the episode-defining ones
+    (everything but C, support_augment) means new episodes are sampled instead of the stored lists."""
+
+    dataset: str | None = None
+    root: str | None = None
+    split: str | None = None
+    image_size: int | None = None
+    data_seed: int | None = None
+    ways: int | None = None
+    shots: int | None = None
+    queries: int | None = None
+    episodes: int | None = None
+    seed: int | None = None
+    C: float | None = None
+    support_augment: int | None = None
+
+    def new_episodes(self) -> bool:
+        return any(getattr(self, f.name) is not None for f in fields(self) if f.name not in ("C", "support_augment"))
+
+
+# `evaluate` defaults for a model file that carries no evaluation settings (written before
+# they were stored): the paper's 5-way, 15 queries, 600 episodes.
+LEGACY_EVAL = {"ways": 5, "shots": (1,), "queries": 15, "episodes": 600, "C": 1.0}
+
+
+def resolve_eval_settings(ckpt: dict[str, Any], o: EvalOverrides) -> EvalSettings:
+    """The model file's evaluation with the flags applied. A new dataset brings its own
+    normalisation and drops the stored dataset options and root. UserError when the file has
+    no settings and no --dataset is given."""
+    from harness.errors import UserError
+    from trainers.data import NORMALIZATION
+
+    if EVALUATION_KEY in ckpt:
+        base = EvalSettings.from_dict(ckpt[EVALUATION_KEY])
+    elif o.dataset is None:
+        raise UserError("this model file does not record how its trial was evaluated (written by an older "
+                        "version); pass --dataset (and --root) to evaluate it")
+    else:
+        mean, std = NORMALIZATION[o.dataset]
+        base = EvalSettings(dataset=o.dataset, root="", dataset_options={}, image_size=0, data_seed=0, split="test",
+                            normalization=(tuple(mean), tuple(std)), episode_seed=0, support_augment=0, augment="",
+                            augment_seed=0, episode_lists={}, **LEGACY_EVAL)
+    changes: dict[str, Any] = {}
+    if o.dataset is not None and o.dataset != base.dataset:
+        mean, std = NORMALIZATION[o.dataset]
+        changes |= {"dataset": o.dataset, "root": "", "dataset_options": {}, "image_size": 0,
+                    "normalization": (tuple(mean), tuple(std))}
+    simple = {"root": o.root, "split": o.split, "image_size": o.image_size, "data_seed": o.data_seed,
+              "ways": o.ways, "queries": o.queries, "episodes": o.episodes, "episode_seed": o.seed,
+              "C": o.C, "support_augment": o.support_augment}
+    changes |= {k: v for k, v in simple.items() if v is not None}
+    if o.shots is not None:
+        changes["shots"] = (o.shots,)
+    if o.new_episodes():
+        changes["episode_lists"] = {}
+    settings = replace(base, **changes)
+    if settings.support_augment and not settings.augment:
+        raise UserError(f"--support-augment {settings.support_augment} needs the training augmentation, which "
+                        "this model file does not record; pass --support-augment 0")
+    return settings
+
+
+def evaluate_model_file(path: str | Path, overrides: EvalOverrides, device: Any, *, progress: bool = False
+                        ) -> tuple[EvalSettings, dict[int, tuple[float, float]]]:
+    """Few-shot accuracy of a model file: (settings used, shots -> (mean, 95% half-width)).
+
+    With no overrides this is the trial's own evaluation on its stored episode lists (found in
+    RESULTS_DIR/episode_lists beside the model's RESULTS_DIR/models, checked by content hash),
+    so it reproduces the trial's accuracy exactly. Otherwise episodes are sampled afresh.
+    """
+    from trainers.data import load_split
+    from trainers.episodes import sample_episodes
+    from trainers.fewshot import mean_confidence_interval
+
+    ckpt = read_model_file(path)
+    settings = resolve_eval_settings(ckpt, overrides)
+    model = build_network(ckpt["genotype"], ckpt["channels"], ckpt["num_classes"], ckpt["cells"], ckpt["in_channels"])
+    model.load_state_dict(ckpt["model"])
+    split = load_split(settings.dataset, settings.root or None, settings.split,
+                       image_size=settings.image_size or None, seed=settings.data_seed, **settings.dataset_options)
+    if int(split.images.shape[1]) != ckpt["in_channels"]:
+        raise ValueError(f"{settings.dataset} images have {split.images.shape[1]} channels but the model expects "
+                         f"{ckpt['in_channels']}; evaluate on a dataset like the one it was trained on")
+    if settings.episode_lists:
+        places = [Path(path).resolve().parent.parent / EPISODE_DIR]
+        return settings, evaluate_trained(model, settings, split, device, places, progress=progress)[0]
+    summary = {}
+    for shots in settings.shots:
+        episodes = sample_episodes(split.labels, ways=settings.ways, shots=shots, queries=settings.queries,
+                                   count=settings.episodes, seed=episode_sampling_seed(settings.episode_seed, shots))
+        accs = evaluate_with_settings(model, settings, split, episodes, shots, device, progress=progress)
+        mean, half = mean_confidence_interval(accs)
+        summary[shots] = (float(mean), float(half))
+    return settings, summary
+
+
 def trial_label(spec: TrialSpec) -> str:
     """Short name of a trial for Tune's status table: the trial id without its dataset prefix
     (one experiment has one dataset), e.g. `metantk-s0-c3`."""
@@ -255,13 +457,18 @@ def run_trial(config: dict[str, Any], specs: dict[str, dict[str, Any]]) -> None:
     work = Path(tempfile.mkdtemp(prefix=f"metantk-{spec.trial_id}-"))
     try:
         restored = tune.get_checkpoint()
+        history: dict[int, Any] = {}  # epoch -> EpochResult: a retried epoch replaces its entry
         if restored is not None:
             with restored.as_directory() as folder:
                 shutil.copy2(Path(folder) / CHECKPOINT_NAME, work / CHECKPOINT_NAME)
+            history = {h.epoch: h for h in restored_history(work / CHECKPOINT_NAME)}
         marker = Path(spec.results_dir) / "state" / f"failed-once-{spec.trial_id}"
 
         def on_epoch(result: Any) -> None:
-            # Report every epoch with its checkpoint (pretrain wrote it before calling us).
+            # The curve so far goes to Parquet every epoch (one file per trial, rewritten whole:
+            # idempotent), then Tune gets the epoch with its checkpoint (pretrain wrote it before).
+            history[result.epoch] = result
+            write_history_rows(spec, [history[e] for e in sorted(history)])
             tune.report({"epoch": result.epoch, "loss": result.loss, "train_acc": result.acc, "lr": result.lr},
                         checkpoint=tune.Checkpoint.from_directory(str(work)))
             if spec.fail_once_at_epoch == result.epoch and not marker.exists():
@@ -273,15 +480,20 @@ def run_trial(config: dict[str, Any], specs: dict[str, dict[str, Any]]) -> None:
                 "num_classes": len(split.class_names), "in_channels": in_channels, "dataset": spec.dataset}
         result = pretrain(model, split, train_cfg, device=device, checkpoint_dir=work, on_epoch=on_epoch,
                           progress=False, metadata=meta)
+        write_history_rows(spec, list(result.history))  # authoritative: every epoch, also restored ones
+        settings = eval_settings(spec)
         model_path = Path(spec.results_dir) / MODEL_DIR / f"{spec.trial_id}.pt"
         model_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = model_path.with_suffix(".pt.tmp")
-        torch.save({**meta, "model": model.state_dict(), "train_config": spec.train}, tmp)
+        torch.save({**meta, "model": model.state_dict(), "train_config": spec.train,
+                    "evaluation": settings.to_dict(), "trial_id": spec.trial_id}, tmp)
         tmp.replace(model_path)
 
-        test_split = load_split(spec.dataset, spec.root or None, spec.eval_split, image_size=spec.image_size or None,
-                                seed=spec.data_seed, **spec.dataset_options)
-        summary, episode_rows = evaluate_trained(model, spec, test_split, device)
+        test_split = load_split(settings.dataset, settings.root or None, settings.split,
+                                image_size=settings.image_size or None, seed=settings.data_seed,
+                                **settings.dataset_options)
+        summary, episode_rows = evaluate_trained(model, settings, test_split, device,
+                                                 [Path(spec.results_dir) / EPISODE_DIR])
         write_trial_rows(spec, result, summary, episode_rows, params=sum(p.numel() for p in model.parameters()),
                          device_kind=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
         final = {f"acc_{k}shot": v[0] for k, v in summary.items()}
@@ -289,6 +501,30 @@ def run_trial(config: dict[str, Any], specs: dict[str, dict[str, Any]]) -> None:
                      "done": True, **final})
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def restored_history(checkpoint: Path) -> list[Any]:
+    """The epochs recorded in a `pretrain` checkpoint (`EpochResult`s, oldest first)."""
+    from trainers.rfs import EpochResult, read_checkpoint
+
+    return [EpochResult(**h) for h in read_checkpoint(checkpoint)["history"]]
+
+
+def history_rows(spec: TrialSpec, epochs: list[Any]) -> list[dict[str, Any]]:
+    """Rows of the `history` table, one per `EpochResult` (epoch, loss, train_acc, lr, seconds)."""
+    base = {"experiment": spec.experiment, "trial_id": spec.trial_id, "dataset": spec.dataset,
+            "method": spec.method, "seed": spec.seed, "cells": spec.cells}
+    return [{**base, "epoch": int(e.epoch), "loss": float(e.loss), "train_acc": float(e.acc), "lr": float(e.lr),
+             "seconds": float(e.seconds)} for e in epochs]
+
+
+def write_history_rows(spec: TrialSpec, epochs: list[Any]) -> Path:
+    """Write the trial's training curve as `history/<trial_id>.parquet` (replaced on every call,
+    so a retried epoch overwrites its row and the file never holds duplicates)."""
+    rows = history_rows(spec, epochs)
+    if len({r["epoch"] for r in rows}) != len(rows):
+        raise ValueError(f"trial {spec.trial_id}: duplicate epochs in its history {[r['epoch'] for r in rows]}")
+    return store.write_rows(spec.results_dir, "history", spec.trial_id, rows)
 
 
 def write_trial_rows(spec: TrialSpec, result: Any, summary: dict[int, tuple[float, float]],
