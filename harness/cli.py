@@ -30,12 +30,41 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+DEBUG_HELP = "show full tracebacks on errors (accepted before or after the subcommand)"
+
+
+def package_version() -> str:
+    """The installed distribution's version, else the one in pyproject.toml (a plain checkout)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("metantk-nas")
+    except metadata.PackageNotFoundError:
+        import tomllib
+        from pathlib import Path
+
+        pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+        return str(tomllib.loads(pyproject.read_text())["project"]["version"])
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every parser below `parser` (subcommands, and their subcommands), depth first."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases map to one parser
+                found += [child, *_subparsers(child)]
+    return found
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="metantk-nas",
         description="MetaNTK-NAS: training-free architecture search for few-shot learning, "
         "run as a Ray Tune benchmark harness.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:
@@ -46,12 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+    # `--debug` after the subcommand too: SUPPRESS keeps a subcommand from resetting a
+    # `--debug` given before it.
+    for child in _subparsers(parser):
+        child.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -33,6 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--inner-steps", type=int, default=2, help="MAML inner gradient steps (default 2)")
     parser.add_argument("--out", type=Path, default=None, metavar="DIR",
                         help="also write kernels.csv, kernels.md, kernel_errors.png here")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress display (default: a bar on a terminal, a line every 10 s otherwise)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (default 1: faster for these small matrices)")
     parser.set_defaults(func=run_verify_kernels)
@@ -46,7 +48,7 @@ def run_verify_kernels(args: argparse.Namespace) -> int:
     config = KernelCheckConfig(widths=parse_widths(args.widths), seed=args.seed, depth=args.depth,
                                repeats=args.repeats, inner_steps=args.inner_steps)
     with torch_threads(args.threads):
-        result = check_kernels(config)
+        result = check_kernels(config, progress=not args.no_progress)
     print(kernel_report(result))
     if args.out is not None:
         for path in write_kernel_outputs(result, args.out):

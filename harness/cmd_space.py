@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r = subparsers.add_parser(
         "render",
         help="draw the normal and reduction cells of a genotype with graphviz",
-        description="Write <name>_normal and <name>_reduce diagrams (SVG and/or PNG). Needs "
+        description="Write <name>_normal and <name>_reduce diagrams (SVG, PNG or PDF). Needs "
         "graphviz's `dot` executable; without it the DOT sources (.gv) are written and a "
         "warning says how to install it (exit status 0).",
     )
@@ -28,8 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="a registry name (see `metantk-nas genotypes`), a genotype string "
                         "\"Genotype(normal=[[('op', 0), ...], ...], ...)\", or a JSON file")
     r.add_argument("--out", default=DEFAULT_RENDER_DIR, help=f"output folder (default: {DEFAULT_RENDER_DIR})")
-    r.add_argument("--format", choices=("svg", "png", "both"), default="both",
-                   help="image format (default: both)")
+    r.add_argument("--format", choices=("svg", "png", "pdf", "both"), default="both",
+                   help="image format: svg, png, pdf, or both = svg and png (default: both)")
     r.add_argument("--name", default=None,
                    help="file stem (default: the registry name or the JSON file's stem, else 'genotype')")
     r.set_defaults(func=cmd_render)

@@ -40,6 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "3 training tasks")
     parser.add_argument("--out", type=Path, default=Path("results/theory"), metavar="DIR",
                         help="output folder (default results/theory)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress display (default: a bar on a terminal, a line every 10 s otherwise)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (default 1: faster for these small matrices)")
     parser.set_defaults(func=run_verify_theory)
@@ -60,7 +62,7 @@ def run_verify_theory(args: argparse.Namespace) -> int:
         options.update(n_train_tasks=3, n_test_tasks=2)
     config = TheoryConfig(**options)
     with torch_threads(args.threads):
-        result = check_theory(config)
+        result = check_theory(config, progress=not args.no_progress)
     print(theory_report(result))
     for path in write_theory_outputs(result, args.out):
         print(f"wrote {path}")

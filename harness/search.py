@@ -209,7 +209,7 @@ def run_searches(cfg: ExperimentConfig, pool: Any, *, resume: bool = False, stop
     Writes `candidates/<search_id>-rNN.parquet` per round, `searches/<search_id>.parquet`
     per finished search, the state checkpoint, and the rendered cells.
     """
-    from tqdm.auto import tqdm
+    from trainers.progress import LineProgress, is_terminal, progress_bar
 
     results_dir = cfg.results_dir
     plans = plan_searches(cfg)
@@ -227,9 +227,15 @@ def run_searches(cfg: ExperimentConfig, pool: Any, *, resume: bool = False, stop
     # One bar per pruning search, counting scored networks (candidates + origins, x repeats);
     # tqdm's rate is then candidates/s. Total: 126+108+90+72+54+36 op candidates, 14 edges, 7 origins.
     total = (sum(range(36, 127, 18)) + 14 + 7) * repeats
-    bars = {s.search_id: tqdm(total=total, desc=f"{s.search_id} round {s.round + 1}/7", unit="cand",
-                              position=i, disable=not progress, leave=True, dynamic_ncols=True, mininterval=1.0)
-            for i, s in enumerate(states) if s.method in PRUNING_METHODS}
+    pruning = [s for s in states if s.method in PRUNING_METHODS]
+    if progress and pruning and not is_terminal():
+        # In a log, one periodic line for all searches together (not one bar per search).
+        shared = LineProgress(total * len(pruning), f"{len(pruning)} searches", "cand")
+        bars = {s.search_id: shared for s in pruning}
+    else:
+        bars = {s.search_id: progress_bar(total, f"{s.search_id} round {s.round + 1}/7", "cand", enabled=progress,
+                                          position=i, leave=True, dynamic_ncols=True, mininterval=1.0)
+                for i, s in enumerate(pruning)}
     while True:
         active = [s for s in states if s.stage in ("ops", "edges")]
         if not active:
@@ -305,7 +311,7 @@ def run_searches(cfg: ExperimentConfig, pool: Any, *, resume: bool = False, stop
             s.device_seconds += float(sum(v.seconds for k, v in scores.items() if k[0][0] == sid))
             s.wall_seconds += wall
             s.workers |= set().union(*wk.values()) if wk else set()
-            if sid in bars:
+            if sid in bars and not isinstance(bars[sid], LineProgress):
                 bars[sid].set_description(f"{sid} round {min(s.round + 1, 7)}/7", refresh=False)
         _save_state(results_dir, digest, states)
         if stop_after_round is not None and all(s.round >= stop_after_round for s in active):

@@ -206,7 +206,7 @@ def score_proxies(cfg: Any, searches: Sequence[Mapping[str, Any]], *, progress: 
     `harness.scoring.InlinePool` or any object with `.run(jobs, on_result)`; None starts one (`harness.cmd_search.start_pool`)
     and shuts it down afterwards, and only if something is left to score.
     """
-    from tqdm.auto import tqdm
+    from trainers.progress import progress_bar
 
     from harness.scoring import Job
     from search_spaces.genotypes import Genotype
@@ -246,7 +246,7 @@ def score_proxies(cfg: Any, searches: Sequence[Mapping[str, Any]], *, progress: 
             from harness.cmd_search import start_pool
 
             pool = start_pool(cfg)
-        bar = tqdm(total=total, desc="proxies", unit="score", disable=not progress, dynamic_ncols=True)
+        bar = progress_bar(total, "proxies", "score", enabled=progress, dynamic_ncols=True)
         started = time.perf_counter()
         last_save = [started]
 

@@ -243,8 +243,17 @@ class KernelCheckResult:
         return self.ntk_shrinks and self.meta_shrinks
 
 
-def check_kernels(config: KernelCheckConfig) -> KernelCheckResult:
-    """Errors (a), (b), (c) of the module docstring, per width (see `KernelCheckConfig`)."""
+def _width_progress(widths: Sequence[int], repeats: int, desc: str, enabled: bool) -> Any:
+    """Progress over the (width, repeat) networks; the widest take most of the time."""
+    from trainers.progress import progress_bar
+
+    return progress_bar(len(widths) * repeats, desc, "net", enabled=enabled, interval=10.0)
+
+
+def check_kernels(config: KernelCheckConfig, *, progress: bool = False) -> KernelCheckResult:
+    """Errors (a), (b), (c) of the module docstring, per width (see `KernelCheckConfig`).
+
+    progress: show one step per (width, repeat) (`trainers.progress.progress_bar`)."""
     tasks = sample_sinusoid_tasks(config.n_tasks, d=config.d, n_support=config.n_support,
                                   n_query=config.n_query, generator=_generator(config.seed, 0))
     pairs = _task_pairs(tasks)
@@ -256,9 +265,11 @@ def check_kernels(config: KernelCheckConfig) -> KernelCheckResult:
     # reg=0: the exact linearised inner loop, what the second-order definition reduces to.
     phi_inf = meta_ntk(theta_inf, index, reg=0.0, **steps)
     rows = []
+    bar = _width_progress(config.widths, config.repeats, "verify-kernels", progress)
     for width in config.widths:
         errs: dict[str, list[float]] = {"ntk_err": [], "meta_err": [], "meta_analytic_err": []}
         for rep in range(config.repeats):
+            bar.set_postfix(width=width, repeat=rep + 1)
             model = ReLUMLP(config.d, width, config.depth, generator=_generator(config.seed, width, rep))
             theta = empirical_ntk(model, x, params="all")
             phi_comp = meta_ntk(theta, index, reg=0.0, **steps)
@@ -266,11 +277,13 @@ def check_kernels(config: KernelCheckConfig) -> KernelCheckResult:
             errs["ntk_err"].append(rel_error(theta, theta_inf))
             errs["meta_err"].append(rel_error(phi_comp, phi_def))
             errs["meta_analytic_err"].append(rel_error(phi_comp, phi_inf))
+            bar.update(1)
         row: dict[str, Any] = {"width": width}
         for name, values in errs.items():
             row[name] = sum(values) / len(values)
             row[f"{name}_max"] = max(values)
         rows.append(row)
+    bar.close()
     return KernelCheckResult(
         rows=rows,
         inner_lr=inner_lr,
@@ -435,8 +448,10 @@ def _theorem2(theta: Tensor, f0: Tensor, y: Tensor, index: Sequence[tuple[Tensor
     return pred, losses, phi[:q_train, :q_train]
 
 
-def check_theory(config: TheoryConfig) -> TheoryResult:
-    """Train MAML per width and compare with Theorems 1 and 2 (see module docstring)."""
+def check_theory(config: TheoryConfig, *, progress: bool = False) -> TheoryResult:
+    """Train MAML per width and compare with Theorems 1 and 2 (see module docstring).
+
+    progress: show one step per (width, repeat) (`trainers.progress.progress_bar`)."""
     gen = _generator(config.seed, 1)
     sample = dict(d=config.d, n_support=config.n_support, n_query=config.n_query, generator=gen)
     train_tasks = sample_sinusoid_tasks(config.n_train_tasks, **sample)
@@ -455,11 +470,13 @@ def check_theory(config: TheoryConfig) -> TheoryResult:
     common = dict(inner_lr=inner_lr, inner_steps=config.inner_steps)
 
     rows, loss_rows, prediction_rows = [], [], []
+    bar = _width_progress(config.widths, config.repeats, "verify-theory", progress)
     for width in config.widths:
         acc: dict[str, list[float]] = {k: [] for k in (
             "err_analytic", "err_empirical", "loss_ratio", "log_rate",
             "loss_curve_err", "test_mse")}
         for rep in range(config.repeats):
+            bar.set_postfix(width=width, repeat=rep + 1)
             model = ReLUMLP(config.d, width, config.depth, generator=_generator(config.seed, width, rep))
             with torch.no_grad():
                 f0 = model(x).reshape(-1)
@@ -479,6 +496,7 @@ def check_theory(config: TheoryConfig) -> TheoryResult:
             seen = loss_pred > 1e-24 * loss_pred[0]
             acc["loss_curve_err"].append(float((result.losses[seen].log() - loss_pred[seen].log()).abs().max()))
             acc["test_mse"].append(float((trained_test - y_test).pow(2).mean()))
+            bar.update(1)
             if rep == 0:
                 loss_rows += [{"width": width, "step": step, "loss": float(a), "kernel_prediction": float(b)}
                               for step, (a, b) in enumerate(zip(result.losses, loss_pred))]
@@ -488,6 +506,7 @@ def check_theory(config: TheoryConfig) -> TheoryResult:
         row: dict[str, Any] = {"width": width}
         row.update({k: sum(v) / len(v) for k, v in acc.items()})
         rows.append(row)
+    bar.close()
     return TheoryResult(rows=rows, loss_rows=loss_rows, prediction_rows=prediction_rows, inner_lr=inner_lr,
                         outer_lr=outer_lr, config=config,
                         error_shrinks=shrinks([r["err_analytic"] for r in rows]))

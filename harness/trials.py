@@ -482,12 +482,7 @@ def run_trial(config: dict[str, Any], specs: dict[str, dict[str, Any]]) -> None:
                           progress=False, metadata=meta)
         write_history_rows(spec, list(result.history))  # authoritative: every epoch, also restored ones
         settings = eval_settings(spec)
-        model_path = Path(spec.results_dir) / MODEL_DIR / f"{spec.trial_id}.pt"
-        model_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = model_path.with_suffix(".pt.tmp")
-        torch.save({**meta, "model": model.state_dict(), "train_config": spec.train,
-                    "evaluation": settings.to_dict(), "trial_id": spec.trial_id}, tmp)
-        tmp.replace(model_path)
+        save_model_file(model, spec, meta, settings)
 
         test_split = load_split(settings.dataset, settings.root or None, settings.split,
                                 image_size=settings.image_size or None, seed=settings.data_seed,
@@ -501,6 +496,22 @@ def run_trial(config: dict[str, Any], specs: dict[str, dict[str, Any]]) -> None:
                      "done": True, **final})
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def save_model_file(model: Any, spec: TrialSpec, meta: dict[str, Any], settings: EvalSettings) -> Path:
+    """Write `RESULTS/models/<trial_id>.pt` atomically: the weights, the network's plain
+    metadata (MODEL_KEYS), the training config and the evaluation settings, so the file alone
+    rebuilds the network and reproduces the trial's evaluation (`evaluate_model_file`).
+    Only tensors and plain values: it loads with `torch.load(weights_only=True)`."""
+    import torch
+
+    path = Path(spec.results_dir) / MODEL_DIR / f"{spec.trial_id}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save({**meta, "model": model.state_dict(), "train_config": dict(spec.train),
+                EVALUATION_KEY: settings.to_dict(), "trial_id": spec.trial_id}, tmp)
+    tmp.replace(path)
+    return path
 
 
 def restored_history(checkpoint: Path) -> list[Any]:

@@ -383,10 +383,10 @@ def evaluate_episodes(
     n = int(support_y.max()) + 1
     batch = batch or _auto_episode_batch(support.shape[1], features.shape[1], n)
     dev = None if fit_device is None else torch.device(fit_device)
-    from tqdm.auto import tqdm
+    from trainers.progress import progress_bar
 
     accs = []
-    with tqdm(total=support.shape[0], disable=not progress, desc="episodes", unit="ep") as bar:
+    with progress_bar(support.shape[0], "episodes", "ep", enabled=progress) as bar:
         for start in range(0, support.shape[0], batch):
             sl = slice(start, start + batch)
             accs.append(_accuracies(features[support[sl]], support_y[sl], features[query[sl]],
@@ -454,13 +454,13 @@ def evaluate_model(
     aug = make_augment(augment, normalization)  # type: ignore[arg-type]
     s_aug = support.shape[1] * support_augment
     batch = episode_batch or _auto_episode_batch(s_aug, feats.shape[1], n)
-    from tqdm.auto import tqdm
+    from trainers.progress import progress_bar
 
     accs = []
     was_training = model.training
     model.eval()
     try:
-        with tqdm(total=support.shape[0], disable=not progress, desc="episodes", unit="ep") as bar:
+        with progress_bar(support.shape[0], "episodes", "ep", enabled=progress) as bar:
             for start in range(0, support.shape[0], batch):
                 stop = min(start + batch, support.shape[0])
                 xs = torch.stack([

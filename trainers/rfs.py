@@ -461,9 +461,9 @@ def pretrain(
     meta = dict(metadata or {})
     original_generator = getattr(model, "generator", None)
 
-    from tqdm.auto import tqdm
+    from trainers.progress import progress_bar
 
-    bar = tqdm(total=cfg.epochs, initial=start, disable=not progress, desc="train", unit="epoch")
+    bar = progress_bar(cfg.epochs, "train", "epoch", enabled=progress, initial=start)
     try:
         for epoch_index in range(start, cfg.epochs):
             lr = optimizer.param_groups[0]["lr"]
