@@ -659,7 +659,7 @@ def build_report(results_dir: str | os.PathLike[str], *, n_boot: int = 1000,
     base = Path(link_base) if link_base is not None else layout.report
     if figures:
         parts += ["", "## Figures", ""]
-        parts += [f"- [`{f.relative_to(root).as_posix()}`]"
+        parts += [f"- [`{(f.relative_to(root) if f.is_relative_to(root) else f).as_posix()}`]"
                   f"({Path(os.path.relpath(f, base)).as_posix()})" for f in figures]
     return Report(markdown="\n".join(parts) + "\n", tables=tables, figures=figures)
 

@@ -82,13 +82,6 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("seed", _I64), ("cells", _I32), ("ways", _I32), ("shots", _I32), ("queries", _I32),
         ("episode", _I32), ("accuracy", _F64),
     ),
-    # One row per trial and training epoch (the training curve); `epoch` counts from 1,
-    # `train_acc` is the epoch's mean training accuracy, `lr` the rate the epoch ran with.
-    "history": _schema(
-        ("experiment", _STR), ("trial_id", _STR), ("dataset", _STR), ("method", _STR),
-        ("seed", _I64), ("cells", _I32), ("epoch", _I32), ("loss", _F64), ("train_acc", _F64),
-        ("lr", _F64), ("seconds", _F64),
-    ),
     # One row per sampled genotype of the proxy-quality study (issue 6).
     "proxies": _schema(
         ("experiment", _STR), ("dataset", _STR), ("genotype_id", _STR), ("genotype", _STR),
@@ -97,6 +90,13 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("regions", _F64), ("params", _I64),
         ("acc_1shot", _F64), ("ci_1shot", _F64), ("acc_5shot", _F64), ("ci_5shot", _F64),
         ("train_seconds", _F64),
+    ),
+    # One row per trial and training epoch (the training curve); `epoch` counts from 1,
+    # `train_acc` is the epoch's mean training accuracy, `lr` the rate the epoch ran with.
+    "history": _schema(
+        ("experiment", _STR), ("trial_id", _STR), ("dataset", _STR), ("method", _STR),
+        ("seed", _I64), ("cells", _I32), ("epoch", _I32), ("loss", _F64), ("train_acc", _F64),
+        ("lr", _F64), ("seconds", _F64),
     ),
 }
 

@@ -349,7 +349,7 @@ def test_format_helpers() -> None:
 
 
 def test_write_report_files(results_dir: Path) -> None:
-    files = report.write_report(results_dir, n_boot=50)
+    files = report.write_report(results_dir, n_boot=50, figures=False)  # figures: test_report_figures.py
     out = results_dir / "report"
     assert dict(files) == {"report.md": out / "report.md", "table1.csv": out / "table1.csv",
                            "table2.csv": out / "table2.csv"}

@@ -45,7 +45,7 @@ def test_verify_theory_quick_writes_table_and_plots(tmp_path: Path, capsys: pyte
 
 def test_verify_kernels_exit_status_1_when_errors_do_not_shrink(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    def fake(config: theory.KernelCheckConfig) -> theory.KernelCheckResult:
+    def fake(config: theory.KernelCheckConfig, **_: object) -> theory.KernelCheckResult:
         rows = [{"width": w, **{f"{k}{s}": e for k in ("ntk_err", "meta_err", "meta_analytic_err")
                                for s in ("", "_max")}} for w, e in zip(config.widths, (0.1, 0.2))]
         return theory.KernelCheckResult(rows=rows, inner_lr=0.1, ntk_shrinks=False, meta_shrinks=False,
@@ -60,7 +60,7 @@ def test_verify_theory_exit_status_1_when_error_does_not_shrink(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     real = theory.check_theory
 
-    def worse(config: theory.TheoryConfig) -> theory.TheoryResult:
+    def worse(config: theory.TheoryConfig, **_: object) -> theory.TheoryResult:
         result = real(config)
         result.rows[-1]["err_analytic"] = 10 * result.rows[0]["err_analytic"]
         result.error_shrinks = theory.shrinks([r["err_analytic"] for r in result.rows])
