@@ -49,6 +49,9 @@ def test_every_table_is_written(finished):
     searches = store.read_table(cfg.results_dir, "searches")
     assert set(searches["method"]) == {"metanas", "random"}
     assert len(list((cfg.results_dir / "models").glob("*.pt"))) == len(specs)
+    history = store.read_table(cfg.results_dir, "history")  # the retried trial's epochs too, once each
+    assert sorted(zip(history["trial_id"], history["epoch"])) == sorted((s.trial_id, e) for s in specs
+                                                                        for e in (1, 2))
 
 
 def test_failed_trial_was_retried_without_duplicate_rows(finished):
@@ -93,6 +96,18 @@ def test_evaluate_command_on_a_trained_model(finished, capsys):
                  "--queries", "3", "--episodes", "4", "--no-progress"])
     assert code == 0
     assert "3-way 1-shot, 4 episodes" in capsys.readouterr().out
+
+
+def test_evaluate_with_only_the_checkpoint_reproduces_each_trial(finished):
+    from harness.trials import EvalOverrides, evaluate_model_file
+
+    cfg, specs = finished
+    trials = store.read_table(cfg.results_dir, "trials").set_index("trial_id")
+    for spec in specs:
+        _, summary = evaluate_model_file(cfg.results_dir / "models" / f"{spec.trial_id}.pt", EvalOverrides(), "cpu")
+        row = trials.loc[spec.trial_id]
+        assert summary[1] == (row["acc_1shot"], row["ci_1shot"])
+        assert summary[5] == (row["acc_5shot"], row["ci_5shot"])
 
 
 def test_evaluate_command_rejects_a_foreign_file(tmp_path, capsys):
