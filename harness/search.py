@@ -202,6 +202,24 @@ def _candidate_rows(cfg: ExperimentConfig, plan: SearchState, dataset: str, roun
     return rows
 
 
+def search_bars(states: list[SearchState], total: int, progress: bool, stream: Any = None) -> dict[str, Any]:
+    """Progress of the pruning searches `states` (each `total` scored networks), by search id.
+
+    On a terminal one tqdm bar per search; in a log (`stream`, default stderr, not a terminal)
+    ONE periodic line for all of them together (18 bars for `ablation_mini` would garble a
+    log); nothing when `progress` is false.
+    """
+    from trainers.progress import LineProgress, is_terminal, progress_bar
+
+    if progress and states and not is_terminal(stream):
+        n = len(states)
+        shared = LineProgress(total * n, f"{n} search{'es' if n > 1 else ''}", "cand", stream=stream)
+        return {s.search_id: shared for s in states}
+    return {s.search_id: progress_bar(total, f"{s.search_id} round {s.round + 1}/7", "cand", enabled=progress,
+                                      stream=stream, position=i, leave=True, dynamic_ncols=True, mininterval=1.0)
+            for i, s in enumerate(states)}
+
+
 def run_searches(cfg: ExperimentConfig, pool: Any, *, resume: bool = False, stop_after_round: int | None = None,
                  progress: bool = True) -> list[dict[str, Any]]:
     """Run (or resume) every search of `cfg` on `pool`; returns the `searches` rows.
@@ -209,7 +227,7 @@ def run_searches(cfg: ExperimentConfig, pool: Any, *, resume: bool = False, stop
     Writes `candidates/<search_id>-rNN.parquet` per round, `searches/<search_id>.parquet`
     per finished search, the state checkpoint, and the rendered cells.
     """
-    from trainers.progress import LineProgress, is_terminal, progress_bar
+    from trainers.progress import LineProgress
 
     results_dir = cfg.results_dir
     plans = plan_searches(cfg)
@@ -227,15 +245,7 @@ def run_searches(cfg: ExperimentConfig, pool: Any, *, resume: bool = False, stop
     # One bar per pruning search, counting scored networks (candidates + origins, x repeats);
     # tqdm's rate is then candidates/s. Total: 126+108+90+72+54+36 op candidates, 14 edges, 7 origins.
     total = (sum(range(36, 127, 18)) + 14 + 7) * repeats
-    pruning = [s for s in states if s.method in PRUNING_METHODS]
-    if progress and pruning and not is_terminal():
-        # In a log, one periodic line for all searches together (not one bar per search).
-        shared = LineProgress(total * len(pruning), f"{len(pruning)} searches", "cand")
-        bars = {s.search_id: shared for s in pruning}
-    else:
-        bars = {s.search_id: progress_bar(total, f"{s.search_id} round {s.round + 1}/7", "cand", enabled=progress,
-                                          position=i, leave=True, dynamic_ncols=True, mininterval=1.0)
-                for i, s in enumerate(pruning)}
+    bars = search_bars([s for s in states if s.method in PRUNING_METHODS], total, progress)
     while True:
         active = [s for s in states if s.stage in ("ops", "edges")]
         if not active:

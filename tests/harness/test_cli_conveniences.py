@@ -177,6 +177,28 @@ def test_a_bar_only_on_a_terminal():
     assert quiet.getvalue() == ""
 
 
+def test_searches_in_a_log_share_one_progress_line():
+    from tqdm.auto import tqdm
+
+    from harness.search import SearchState, search_bars
+
+    states = [SearchState(f"s{i}", "metantk", i, 3) for i in range(3)]
+    log = io.StringIO()
+    bars = search_bars(states, 10, True, stream=log)
+    assert len({id(b) for b in bars.values()}) == 1  # one line for all searches, not 3 bars
+    for bar in bars.values():
+        bar.update(10)
+    for bar in bars.values():  # run_searches closes them all at the end
+        bar.close()
+    assert log.getvalue().splitlines() == [log.getvalue().splitlines()[0]]
+    assert log.getvalue().startswith("3 searches: 30/30 cand (100%)")
+    terminal = FakeTerminal()
+    bars = search_bars(states, 10, True, stream=terminal)
+    assert all(isinstance(b, tqdm) for b in bars.values()) and len({id(b) for b in bars.values()}) == 3
+    for bar in bars.values():
+        bar.close()
+
+
 def test_episode_evaluation_in_a_log_has_no_carriage_returns(capsys):
     import torch
 
