@@ -9,14 +9,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `report` command."""
     parser = subparsers.add_parser(
         "report",
-        help="print and write Table 1 / Table 2 / proxy correlations from a results folder",
+        help="print and write Table 1 / Table 2 / proxy correlations, figures and an HTML page",
         description="Read the Parquet tables (candidates, searches, trials, episodes, proxies) "
         "of one results folder and print Markdown tables: Table 1 (method x cells: params, "
         "search cost, 1-shot and 5-shot mean ± 95% CI over seeds), the Table-2 ablation "
         "(difference to the random method) and, when the proxy study was run, the rank "
         "correlation of each training-free proxy (and of the parameter count, as a baseline) "
-        "with accuracy and the paired bootstrap comparison of the proxies. Unless --no-write, report.md "
-        "and CSVs are written atomically to RESULTS_DIR/report/ (or --out).",
+        "with accuracy and the paired bootstrap comparison of the proxies. Unless --no-write, report.md, "
+        "the CSVs, the figures (figures/*.svg and *.png: per-seed strips, search trajectories, "
+        "training curves, proxy scatter, cells side by side) and index.html (one page that opens "
+        "from the folder with no server) are written atomically to RESULTS_DIR/report/ (or --out).",
     )
     parser.add_argument("results_dir", type=Path, metavar="RESULTS_DIR",
                         help="folder written by `metantk-nas run`, e.g. results/smoke")
@@ -24,6 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="where to write report.md and the CSVs (default RESULTS_DIR/report)")
     parser.add_argument("--no-write", action="store_true",
                         help="only print the tables, write nothing")
+    parser.add_argument("--no-figures", action="store_true",
+                        help="write the tables only (no figures, no index.html)")
     parser.add_argument("--n-boot", type=int, default=None, metavar="B",
                         help="bootstrap resamples for the correlation intervals (default: [study] "
                         "n_boot of RESULTS_DIR/config.toml, else 1000)")
@@ -56,7 +60,8 @@ def run_report(args: argparse.Namespace) -> int:
     if args.no_write:
         print(build_report(args.results_dir, n_boot=args.n_boot, seed=args.seed).markdown)
         return 0
-    files = write_report(args.results_dir, args.out, n_boot=args.n_boot, seed=args.seed)
+    files = write_report(args.results_dir, args.out, n_boot=args.n_boot, seed=args.seed,
+                         figures=not args.no_figures)
     print(files.markdown)
     print("Written:")
     for path in files.values():

@@ -229,9 +229,13 @@ def test_markdown_subset_to_html():
 
 
 def test_report_without_figures_writes_no_page(tmp_path):
+    from harness.cli import main
+
     root = make_results(tmp_path / "res", render_cells=False)
     files = write_report(root, n_boot=10, figures=False)
     assert "index.html" not in files and not (root / "report" / FIGURE_DIR).exists()
+    assert main(["report", str(root), "--n-boot", "10", "--no-figures"]) == 0
+    assert not (root / "report" / "index.html").exists() and (root / "report" / "table1.csv").is_file()
 
 
 # ----------------------------------------------------------------------------- headless browser
