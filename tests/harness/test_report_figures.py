@@ -87,12 +87,17 @@ def make_results(root: Path, *, render_cells: bool = True) -> Path:
 
 
 def _backend_untouched(fn) -> None:
+    """Run `fn` with a caller that chose a non-default backend: it must still be in force."""
     import matplotlib
 
     before = matplotlib.get_backend()
-    fn()
-    assert matplotlib.get_backend() == before
-    assert "matplotlib.pyplot" not in sys.modules or not sys.modules["matplotlib.pyplot"].get_fignums()
+    matplotlib.use("svg")  # the caller's choice (the test restores the previous one)
+    try:
+        fn()
+        assert matplotlib.get_backend() == "svg"
+        assert "matplotlib.pyplot" not in sys.modules or not sys.modules["matplotlib.pyplot"].get_fignums()
+    finally:
+        matplotlib.use(before)
 
 
 # ----------------------------------------------------------------------------- pure figures
