@@ -44,9 +44,11 @@ def _canvas(fig: Any, fmt: str) -> Any:
 
 
 def figure_bytes(fig: Any, fmt: str, dpi: int = PNG_DPI) -> bytes:
-    """`fig` rendered as `fmt` ("svg" or "png") with a tight bounding box."""
+    """`fig` rendered as `fmt` ("svg" or "png"). A figure with a layout engine (ours are
+    constrained) already fits its page; others get a tight bounding box (an extra draw)."""
     buffer = io.BytesIO()
-    _canvas(fig, fmt).print_figure(buffer, format=fmt, dpi=dpi, bbox_inches="tight",
+    _canvas(fig, fmt).print_figure(buffer, format=fmt, dpi=dpi,
+                                   bbox_inches=None if fig.get_layout_engine() is not None else "tight",
                                    metadata={"Date": None} if fmt == "svg" else None)
     return buffer.getvalue()
 
