@@ -64,6 +64,6 @@ def run_report(args: argparse.Namespace) -> int:
                          figures=not args.no_figures)
     print(files.markdown)
     print("Written:")
-    for path in files.values():
-        print(f"  {path}")
+    for line in files.summary():
+        print(f"  {line}")
     return 0

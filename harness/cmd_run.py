@@ -14,8 +14,8 @@ def _report(cfg: Any) -> None:
     files = write_report(cfg.results_dir, n_boot=cfg.study.n_boot, seed=0)
     print(files.markdown)
     print("report files:")
-    for name, path in files.items():
-        print(f"  {name}: {path}")
+    for line in files.summary():
+        print(f"  {line}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

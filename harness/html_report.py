@@ -172,6 +172,11 @@ def _figures(section: Iterable[tuple[str, Path, Path]], base: Path) -> str:
     return "\n".join(_figure(svg, caption, base) for caption, svg, _ in section)
 
 
+def _figure_links(section: Iterable[tuple[str, Path, Path]], base: Path) -> str:
+    return ", ".join(f'<a href="{html.escape(_rel(svg, base), quote=True)}">{html.escape(svg.stem)}</a>'
+                     for _, svg, _ in section)
+
+
 def _cells_table(searches: pd.DataFrame, layout: store.ResultsLayout, base: Path) -> str:
     """Per (dataset, cells, seed) a row per method: its normal and reduction cell (SVG)."""
     from harness.figures import cell_images
@@ -215,8 +220,9 @@ def render_index(markdown: str, figures: "FigureSet", searches: pd.DataFrame, la
          _figures(figures.seeds, base) or "<p><em>No trials yet.</em></p>"),
         ("searches", "Search trajectories",
          _figures(figures.trajectories, base) or "<p><em>No pruning searches (no candidates rows).</em></p>"),
-        ("cells", "Searched cells",
-         _figures(figures.cells, base) + _cells_table(searches, layout, base)),
+        ("cells", "Searched cells", _cells_table(searches, layout, base)
+         + (f"<p>The same side by side as figures: {_figure_links(figures.cells, base)}.</p>"
+            if figures.cells else "")),
         ("curves", "Training curves",
          ("<details><summary>one figure per trial (click to open)</summary>"
           + _figures(figures.curves, base) + "</details>") if figures.curves

@@ -590,6 +590,15 @@ class ReportFiles(dict[str, Path]):
         super().__init__(paths)
         self.markdown = markdown
 
+    def summary(self) -> list[str]:
+        """One line per written file, the figures folded into one line (there is one per
+        trial and search)."""
+        figures = [p for name, p in self.items() if name.startswith("figures/")]
+        lines = [str(p) for name, p in self.items() if not name.startswith("figures/")]
+        if figures:
+            lines.append(f"{figures[0].parent}/ ({len(figures)} figure files, SVG and PNG)")
+        return lines
+
 
 def _figures(layout: store.ResultsLayout) -> tuple[Path, ...]:
     found = sorted(layout.plots.glob("*.png")) + sorted(layout.cells.glob("*.svg"))
