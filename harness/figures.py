@@ -14,7 +14,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -344,8 +344,37 @@ def cell_images(layout: store.ResultsLayout, search_id: str, fmt: str = "png") -
     return pair if all(p.is_file() for p in pair) else None  # type: ignore[return-value]
 
 
-def _write(fig: Any, folder: Path, stem: str, caption: str) -> tuple[str, Path, Path]:
-    svg, png = save_figure(fig, folder / _safe_stem(stem))
+# Bump when a figure's drawing changes, so cached figures are redrawn.
+FIGURE_VERSION = 1
+
+
+def input_digest(*parts: Any) -> str:
+    """sha256 of a figure's inputs: DataFrames (values, columns), files (bytes) and plain values."""
+    import hashlib
+
+    h = hashlib.sha256(f"v{FIGURE_VERSION}".encode())
+    for part in parts:
+        if isinstance(part, pd.DataFrame):
+            h.update(repr(list(part.columns)).encode())
+            h.update(pd.util.hash_pandas_object(part, index=False).to_numpy().tobytes())
+        elif isinstance(part, Path):
+            h.update(part.read_bytes())
+        else:
+            h.update(repr(part).encode())
+    return h.hexdigest()
+
+
+def _write(draw: Callable[[], Any], folder: Path, stem: str, caption: str, digest: str) -> tuple[str, Path, Path]:
+    """Draw and save one figure as SVG and PNG, unless both files exist and were drawn from
+    inputs with the same `digest` (kept in a hidden `.<stem>.digest` beside them): a report
+    rerun redraws only what changed (a big experiment has a figure per trial and search)."""
+    stem = _safe_stem(stem)
+    svg, png = folder / f"{stem}.svg", folder / f"{stem}.png"
+    marker = folder / f".{stem}.digest"
+    fresh = svg.is_file() and png.is_file() and marker.is_file() and marker.read_text().strip() == digest
+    if not fresh:
+        svg, png = save_figure(draw(), folder / stem)
+        store.write_text_atomic(marker, digest + "\n")  # after the figures: a crash leaves it stale
     return caption, svg, png
 
 
@@ -368,19 +397,22 @@ def write_figures(results_dir: str | os.PathLike[str], out_dir: str | os.PathLik
     trials = data["trials"]
     for (dataset, cells_n), frame in trials.groupby(["dataset", "cells"], sort=True):
         title = f"{dataset}, {cells_n} cells: few-shot accuracy per seed"
-        seeds.append(_write(seed_strip_figure(frame, title), out, f"seeds-{dataset}-c{cells_n}", title))
+        seeds.append(_write(lambda: seed_strip_figure(frame, title), out, f"seeds-{dataset}-c{cells_n}", title,
+                            input_digest(frame, title)))
     history = data["history"]
     for trial_id, frame in history.groupby("trial_id", sort=True):
         title = f"{trial_id}: training curve"
-        curves.append(_write(curves_figure(frame, title), out, f"curve-{trial_id}", title))
+        curves.append(_write(lambda: curves_figure(frame, title), out, f"curve-{trial_id}", title,
+                             input_digest(frame, title)))
     candidates = data["candidates"]
     for search_id, frame in candidates.groupby("search_id", sort=True):
         title = f"{search_id}: ΔCN and ΔRN ranks per round, pruned ops"
-        trajectories.append(_write(trajectory_figure(frame, title), out, f"search-{search_id}", title))
+        trajectories.append(_write(lambda: trajectory_figure(frame, title), out, f"search-{search_id}", title,
+                                   input_digest(frame, title)))
     if not data["proxies"].empty:
         title = f"proxies at initialisation vs accuracy after training ({len(data['proxies'])} genotypes)"
-        proxies.append(_write(proxy_scatter_figure(data["proxies"], n_boot=n_boot, seed=seed, title=title), out,
-                              "proxies", title))
+        proxies.append(_write(lambda: proxy_scatter_figure(data["proxies"], n_boot=n_boot, seed=seed, title=title),
+                              out, "proxies", title, input_digest(data["proxies"], n_boot, seed, title)))
     searches = data["searches"]
     for (dataset, cells_n, seed_), frame in searches.groupby(["dataset", "cells", "seed"], sort=True):
         found = {}
@@ -390,7 +422,8 @@ def write_figures(results_dir: str | os.PathLike[str], out_dir: str | os.PathLik
                 found[row.method] = pair
         if found:
             title = f"{dataset}, {cells_n} cells, seed {seed_}: searched cells by method"
-            cells.append(_write(cells_figure(found, title), out, f"cells-{dataset}-c{cells_n}-s{seed_}", title))
+            cells.append(_write(lambda: cells_figure(found, title), out, f"cells-{dataset}-c{cells_n}-s{seed_}",
+                                title, input_digest(title, *found, *(p for pair in found.values() for p in pair))))
     return FigureSet(tuple(seeds), tuple(curves), tuple(trajectories), tuple(proxies), tuple(cells))
 
 

@@ -204,6 +204,20 @@ def test_write_figures_draws_every_section(tmp_path):
         assert svg.read_bytes().lstrip().startswith(b"<?xml") and png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_rerun_redraws_only_figures_whose_rows_changed(tmp_path):
+    root = make_results(tmp_path / "res", render_cells=False)
+    out = tmp_path / "figs"
+    write_figures(root, out, n_boot=10)
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.svg")}
+    write_figures(root, out, n_boot=10)
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.svg")} == before
+    changed = history_rows("trial-omniglot-random-s1-c5", "random", 1, epochs=5)  # one more epoch
+    store.write_rows(root, "history", "trial-omniglot-random-s1-c5", changed)
+    write_figures(root, out, n_boot=10)
+    after = {p.name: p.stat().st_mtime_ns for p in out.glob("*.svg")}
+    assert [n for n in before if after[n] != before[n]] == ["curve-trial-omniglot-random-s1-c5.svg"]
+
+
 def test_report_command_writes_figures_and_a_self_contained_page(tmp_path, capsys):
     from harness.cli import main
 
