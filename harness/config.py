@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping, get_args, get_origin, get_type_hints
 
 from harness.errors import ConfigError
+from kernels.proxy_names import PROXY_NAMES
 
 # Methods that prune the supernet with scores, and what each one measures (design section 5).
 PRUNING_METHODS: dict[str, tuple[str, ...]] = {
@@ -24,6 +25,17 @@ PRUNING_METHODS: dict[str, tuple[str, ...]] = {
     "regions": ("rn",),
     "cn-only": ("cn_meta",),
 }
+# --- Zero-cost proxy search methods (issue 14; kept in this one block) -------------------
+# "<proxy>" prunes with that proxy of kernels.proxies alone and "<proxy>+regions" with the
+# proxy and the linear regions, both through Algorithm 1's ranking (harness.ranking:
+# `oriented_delta`). "regions" is already a method of its own. Measure "proxy:<name>".
+PROXY_MEASURE_PREFIX = "proxy:"
+PROXY_WITH_REGIONS = "+regions"
+PRUNING_METHODS.update(
+    {f"{name}{suffix}": (f"{PROXY_MEASURE_PREFIX}{name}", *extra)
+     for name in PROXY_NAMES if name != "regions"
+     for suffix, extra in (("", ()), (PROXY_WITH_REGIONS, ("rn",)))})
+# -------------------------------------------------------------------------------------------
 # Methods that produce a genotype without scoring.
 FIXED_METHODS: tuple[str, ...] = ("random", "metanas")
 GENOTYPE_METHOD_PREFIX = "genotype:"  # e.g. "genotype:metanas_og_v2": any registry entry

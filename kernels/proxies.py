@@ -57,6 +57,8 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.conv import _ConvNd
 
+from kernels.proxy_names import PROXY_DIRECTIONS, PROXY_NAMES
+
 __all__ = ["Proxy", "ProxyBatch", "ProxySettings", "PROXIES", "PROXY_NAMES", "get_proxy", "compute_proxy",
            "JACOBIAN_EPS"]
 
@@ -433,28 +435,35 @@ def regions(model: nn.Module, batch: ProxyBatch, settings: ProxySettings, genera
 
 
 _PAPER_ZC = "Abdelfattah et al., Zero-Cost Proxies for Lightweight NAS, ICLR 2021"
-PROXIES: dict[str, Proxy] = {
-    "cn_metantk_maml": Proxy(_cn_meta("maml", False), False, "kernel", False, "Wang et al., CVPR 2022"),
-    "cn_metantk_anil": Proxy(_cn_meta("anil", False), False, "kernel", False, "Wang et al., CVPR 2022"),
-    "cn_metantk_maml_finite": Proxy(_cn_meta("maml", True), False, "kernel", False, "Wang et al., CVPR 2022"),
-    "cn_metantk_anil_finite": Proxy(_cn_meta("anil", True), False, "kernel", False, "Wang et al., CVPR 2022"),
-    "cn_ntk": Proxy(cn_ntk, False, "kernel", False, "Chen et al., TE-NAS, ICLR 2021"),
-    "regions": Proxy(regions, True, "regions", False, "Chen et al., TE-NAS, ICLR 2021"),
-    "synflow": Proxy(synflow, True, "kernel", False, "Tanaka et al., NeurIPS 2020"),
-    "snip": Proxy(snip, True, "kernel", True, "Lee et al., ICLR 2019"),
-    "grasp": Proxy(grasp, True, "kernel", True, "Wang et al., ICLR 2020"),
-    "fisher": Proxy(fisher, True, "kernel", True, "Turner et al., ICLR 2020"),
-    "grad_norm": Proxy(grad_norm, True, "kernel", True, _PAPER_ZC),
-    "jacov": Proxy(jacov, True, "kernel", False, "Mellor et al., arXiv:2006.04647v1"),
-    "nwot": Proxy(nwot, True, "kernel", False, "Mellor et al., ICML 2021"),
-    "zen": Proxy(zen, True, "kernel", False, "Lin et al., ICCV 2021"),
-    "epe_nas": Proxy(epe_nas, True, "kernel", True, "Lopes et al., ICANN 2021"),
-    "l2_norm": Proxy(l2_norm, True, "kernel", False, "Krishnakumar et al., NeurIPS 2022"),
-    "plain": Proxy(plain, True, "kernel", True, _PAPER_ZC),
-    "params": Proxy(params, True, "kernel", False, _PAPER_ZC),
-    "flops": Proxy(flops, True, "kernel", False, _PAPER_ZC),
+_CVPR22 = "Wang et al., CVPR 2022"
+_TENAS = "Chen et al., TE-NAS, ICLR 2021"
+# name -> (function, network, uses labels, citation); directions: kernels.proxy_names.
+_TABLE: dict[str, tuple[ProxyFn, str, bool, str]] = {
+    "cn_metantk_maml": (_cn_meta("maml", False), "kernel", False, _CVPR22),
+    "cn_metantk_anil": (_cn_meta("anil", False), "kernel", False, _CVPR22),
+    "cn_metantk_maml_finite": (_cn_meta("maml", True), "kernel", False, _CVPR22),
+    "cn_metantk_anil_finite": (_cn_meta("anil", True), "kernel", False, _CVPR22),
+    "cn_ntk": (cn_ntk, "kernel", False, _TENAS),
+    "regions": (regions, "regions", False, _TENAS),
+    "synflow": (synflow, "kernel", False, "Tanaka et al., NeurIPS 2020"),
+    "snip": (snip, "kernel", True, "Lee et al., ICLR 2019"),
+    "grasp": (grasp, "kernel", True, "Wang et al., ICLR 2020"),
+    "fisher": (fisher, "kernel", True, "Turner et al., ICLR 2020"),
+    "grad_norm": (grad_norm, "kernel", True, _PAPER_ZC),
+    "jacov": (jacov, "kernel", False, "Mellor et al., arXiv:2006.04647v1"),
+    "nwot": (nwot, "kernel", False, "Mellor et al., ICML 2021"),
+    "zen": (zen, "kernel", False, "Lin et al., ICCV 2021"),
+    "epe_nas": (epe_nas, "kernel", True, "Lopes et al., ICANN 2021"),
+    "l2_norm": (l2_norm, "kernel", False, "Krishnakumar et al., NeurIPS 2022"),
+    "plain": (plain, "kernel", True, _PAPER_ZC),
+    "params": (params, "kernel", False, _PAPER_ZC),
+    "flops": (flops, "kernel", False, _PAPER_ZC),
 }
-PROXY_NAMES: tuple[str, ...] = tuple(PROXIES)
+PROXIES: dict[str, Proxy] = {name: Proxy(fn, PROXY_DIRECTIONS[name], network, labels, ref)
+                             for name, (fn, network, labels, ref) in _TABLE.items()}
+if tuple(PROXIES) != PROXY_NAMES:  # one list of names (kernels.proxy_names); fail at import
+    raise ImportError(f"kernels.proxies and kernels.proxy_names disagree: {sorted(set(PROXIES) ^ set(PROXY_NAMES))}")
+
 
 
 def get_proxy(name: str) -> Proxy:
