@@ -271,9 +271,11 @@ def fisher(model: nn.Module, batch: ProxyBatch, settings: ProxySettings, generat
     layers = [m for m in model.modules() if isinstance(m, (_ConvNd, nn.Linear))]
     with _hooks(layers, keep):
         loss = _loss(model, batch)
-    grads = torch.autograd.grad(loss, acts)
+    grads = torch.autograd.grad(loss, acts, allow_unused=True)
     total = []
     for a, g in zip(acts, grads):
+        if g is None:  # an output the loss does not depend on carries no information
+            continue
         prod = (a.detach().to(torch.float64) * g.to(torch.float64))
         per_channel = prod.flatten(2).sum(-1) if prod.dim() > 2 else prod  # (N, C)
         total.append((0.5 * per_channel.pow(2).mean(0)).sum())
