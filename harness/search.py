@@ -55,7 +55,10 @@ def measure_delta(measure: str, origin: float, pruned: float) -> float:
     if measure.startswith(PROXY_MEASURE_PREFIX):
         from kernels.proxy_names import PROXY_DIRECTIONS
 
-        return oriented_delta(origin, pruned, PROXY_DIRECTIONS[measure[len(PROXY_MEASURE_PREFIX):]])
+        try:
+            return oriented_delta(origin, pruned, PROXY_DIRECTIONS[measure[len(PROXY_MEASURE_PREFIX):]])
+        except ValueError as exc:  # name the proxy: the message alone does not say which
+            raise ValueError(f"{measure}: {exc}") from exc
     return relative_delta(origin, pruned)
 
 

@@ -3,6 +3,7 @@ and an Algorithm 1 search driven by a proxy whose best choice is known (Ray-free
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,6 +69,17 @@ def test_oriented_delta_of_a_higher_is_better_score() -> None:
     assert measure_delta("proxy:synflow", 10.0, 8.0) == oriented_delta(10.0, 8.0, True)
     assert measure_delta("proxy:cn_ntk", 10.0, 8.0) == relative_delta(10.0, 8.0)
     assert measure_delta("rn", 10.0, 8.0) == relative_delta(10.0, 8.0)
+    with pytest.raises(ValueError, match="proxy:jacov: oriented_delta got NaN"):
+        measure_delta("proxy:jacov", math.nan, 1.0)
+
+
+def test_the_config_stays_torch_free() -> None:
+    """The method names come from kernels.proxy_names, so `--help` and config checks need no torch."""
+    import subprocess
+    import sys
+
+    code = "import sys, harness.config, harness.leaderboard; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
 
 
 def test_ranking_prunes_the_op_that_costs_a_higher_is_better_proxy_least() -> None:
