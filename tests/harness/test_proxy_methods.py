@@ -14,7 +14,7 @@ from harness.errors import ConfigError
 from harness.ranking import Candidate, choose_prunes, oriented_delta, rank_candidates, relative_delta
 from harness.scoring import InlinePool, Scorer, generator, spec_from_config
 from harness.search import measure_delta, op_candidates, plan_searches, pruned, run_searches
-from kernels.proxy_names import PROXY_DIRECTIONS, PROXY_NAMES
+from kernels.proxy_names import PROXY_NAMES
 
 
 def tiny_config(out, methods=("synflow",), name="proxy-tiny"):
