@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping, get_args, get_origin, get_type_hints
 
 from harness.errors import ConfigError
+from kernels.proxy_names import PROXY_NAMES
 
 # Methods that prune the supernet with scores, and what each one measures (design section 5).
 PRUNING_METHODS: dict[str, tuple[str, ...]] = {
@@ -24,6 +25,17 @@ PRUNING_METHODS: dict[str, tuple[str, ...]] = {
     "regions": ("rn",),
     "cn-only": ("cn_meta",),
 }
+# --- Zero-cost proxy search methods (issue 14; kept in this one block) -------------------
+# "<proxy>" prunes with that proxy of kernels.proxies alone and "<proxy>+regions" with the
+# proxy and the linear regions, both through Algorithm 1's ranking (harness.ranking:
+# `oriented_delta`). "regions" is already a method of its own. Measure "proxy:<name>".
+PROXY_MEASURE_PREFIX = "proxy:"
+PROXY_WITH_REGIONS = "+regions"
+PRUNING_METHODS.update(
+    {f"{name}{suffix}": (f"{PROXY_MEASURE_PREFIX}{name}", *extra)
+     for name in PROXY_NAMES if name != "regions"
+     for suffix, extra in (("", ()), (PROXY_WITH_REGIONS, ("rn",)))})
+# -------------------------------------------------------------------------------------------
 # Methods that produce a genotype without scoring.
 FIXED_METHODS: tuple[str, ...] = ("random", "metanas")
 GENOTYPE_METHOD_PREFIX = "genotype:"  # e.g. "genotype:metanas_og_v2": any registry entry
@@ -123,6 +135,11 @@ class StudySection:
     anil_inner_time: float = math.inf
     anil_reg: float = 1e-3
     n_boot: int = 1000               # bootstrap resamples for the correlation intervals
+    # Issue 14: proxies of kernels.proxies scored besides the four columns above (same
+    # weights, batch and repeats), and training seeds per genotype (() = one training with
+    # the search seed, trial id = search id; else one trial "<search id>-t<seed>" per seed).
+    zero_cost: tuple[str, ...] = ()
+    train_seeds: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -259,6 +276,12 @@ def _positive(cfg: ExperimentConfig) -> None:
     need(r.gpus_per_worker > 0, "resources.gpus_per_worker", "must be > 0")
     need(r.max_failures >= 0, "resources.max_failures", "must be >= 0")
     need(cfg.study.repeats >= 1 and cfg.study.n_boot >= 1, "study.repeats/n_boot", "must be >= 1")
+    st = cfg.study
+    for p in st.zero_cost:
+        need(p in PROXY_NAMES, "study.zero_cost", f"contains unknown proxy {p!r}; valid: {', '.join(PROXY_NAMES)}")
+    need(len(set(st.zero_cost)) == len(st.zero_cost), "study.zero_cost", "must list each proxy once")
+    need(not st.zero_cost or st.proxies, "study.zero_cost", "needs [study] proxies = true (they are scored with them)")
+    need(len(set(st.train_seeds)) == len(st.train_seeds), "study.train_seeds", "must list distinct seeds")
     t = cfg.train
     need(t.epochs >= 0 and t.lr >= 0 and t.batch_size >= 0 and t.init_channels >= 0, "train.*",
          "epochs, lr, batch_size and init_channels must be >= 0 (0 = recipe default)")

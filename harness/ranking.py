@@ -39,6 +39,30 @@ def relative_delta(origin: float, pruned: float) -> float:
     return (origin - pruned) / origin
 
 
+def oriented_delta(origin: float, pruned: float, higher_is_better: bool) -> float:
+    """Change of a proxy when an op is pruned, oriented for the CN slot of the ranking
+    (ranked descending: the largest value is the most prunable candidate). Issue 14.
+
+    With the proxy's "goodness" ``g = value`` (higher is better) or ``-value`` (lower is
+    better): ``(g_pruned - g_origin) / |g_origin|`` (``|g_origin| = 0``: the plain difference),
+    i.e. removing the op that costs the least goodness, or gains the most, goes first. For a
+    condition number this is exactly `relative_delta`. Infinite values follow its limits:
+    worst -> finite is +1, finite -> worst is -inf, equal infinities are 0, finite -> best
+    (+inf goodness) is +inf and best -> finite -1. NaN is an error.
+    """
+    if math.isnan(origin) or math.isnan(pruned):
+        raise ValueError(f"oriented_delta got NaN (origin={origin}, pruned={pruned}); a proxy used for "
+                         f"pruning must be a number or +-inf on every candidate")
+    g_o, g_p = (origin, pruned) if higher_is_better else (-origin, -pruned)
+    if math.isinf(g_o):
+        if g_p == g_o:
+            return 0.0
+        return 1.0 if g_o < 0 else -1.0
+    if math.isinf(g_p):
+        return g_p  # +inf (best) or -inf (worst)
+    return (g_p - g_o) / (abs(g_o) or 1.0)
+
+
 def mean_delta(deltas: Sequence[float]) -> float:
     """Average of per-repeat deltas; any -inf repeat makes the mean -inf (never NaN)."""
     if not deltas:

@@ -664,6 +664,11 @@ def build_report(results_dir: str | os.PathLike[str], *, n_boot: int = 1000,
     else:
         parts += ["", "_No `proxies` rows: the correlation study "
                   "(experiments/correlation_omniglot.toml) has not been run here._"]
+    from harness.leaderboard import leaderboard_section  # empty without `proxy_scores` rows
+
+    lines, extra = leaderboard_section(data, n_boot=n_boot, seed=seed)
+    parts += lines
+    tables |= extra
     figures = _figures(layout) + tuple(extra_figures)
     base = Path(link_base) if link_base is not None else layout.report
     if figures:

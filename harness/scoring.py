@@ -19,10 +19,13 @@ from typing import Any, Hashable, Mapping
 import numpy as np
 import torch
 
-from harness.config import absolute_root
+from harness.config import PROXY_MEASURE_PREFIX, absolute_root
+from kernels.proxy_names import PROXY_NAMES
 
-# What a method may ask for: condition number of the MetaNTK, of the plain NTK, regions.
+# What a method may ask for: condition number of the MetaNTK, of the plain NTK, regions,
+# and any proxy of kernels.proxies as "proxy:<name>" (issue 14).
 MEASURE_NAMES: tuple[str, ...] = ("cn_meta", "cn_ntk", "rn")
+PROXY_MEASURES: tuple[str, ...] = tuple(f"{PROXY_MEASURE_PREFIX}{n}" for n in PROXY_NAMES)
 N_CELL_TYPES, N_EDGES, N_OPS = 2, 9, 7
 
 
@@ -62,6 +65,8 @@ class ScoreSpec:
     norm: str
     region_inputs: int
     region_batches: int
+    # Overrides of kernels.proxies.ProxySettings fields (name, value), for "proxy:" measures.
+    proxy_options: tuple[tuple[str, Any], ...] = ()
 
     @property
     def model_key(self) -> tuple:
@@ -85,6 +90,29 @@ class Score:
     cn_ntk: float = math.nan
     rn: float = math.nan
     seconds: float = 0.0
+    proxies: Mapping[str, float] = field(default_factory=dict)          # "proxy:<name>" -> value
+    proxy_seconds: Mapping[str, float] = field(default_factory=dict)    # "proxy:<name>" -> seconds
+
+    def value(self, measure: str) -> float:
+        """The value of any measure: a field (cn_meta, cn_ntk, rn) or a "proxy:<name>"."""
+        if measure.startswith(PROXY_MEASURE_PREFIX):
+            return self.proxies[measure]
+        return getattr(self, measure)
+
+
+def proxy_settings(spec: "ScoreSpec") -> Any:
+    """`kernels.proxies.ProxySettings` of a spec: its kernel settings and `proxy_options`."""
+    from kernels.proxies import ProxySettings
+
+    return ProxySettings(kernel_output=spec.kernel_output, kernel_params=spec.kernel_params,
+                         kernel_backend=spec.kernel_backend, region_batch=spec.region_inputs,
+                         **dict(spec.proxy_options))
+
+
+def check_measures(measures: tuple[str, ...]) -> None:
+    unknown = set(measures) - set(MEASURE_NAMES) - set(PROXY_MEASURES)
+    if unknown:
+        raise KeyError(f"unknown measures {sorted(unknown)}; valid: {', '.join(MEASURE_NAMES + PROXY_MEASURES)}")
 
 
 def masks_array(masks: Mapping[str, torch.Tensor] | np.ndarray) -> np.ndarray:
@@ -148,7 +176,27 @@ class Scorer:
         self.region_x = sample_region_inputs(self.split, n=s.region_inputs * s.region_batches,
                                              normalization=self.normalization,
                                              generator=generator(*key, "region-inputs")).to(self.device)
+        self.labels = batch.labels.to(self.device)
         self._key = key
+
+    def _proxies(self, names: list[str], key: tuple) -> tuple[dict[str, float], dict[str, float]]:
+        """Values and seconds of "proxy:<name>" measures on the current masks: the same weights,
+        kernel batch (with its task-local labels) and region inputs as the condition numbers."""
+        from kernels.proxies import ProxyBatch, compute_proxy, get_proxy
+
+        batch = ProxyBatch(self.x, self.labels, self.tasks, self.spec.ways, self.region_x)
+        settings = proxy_settings(self.spec)
+        values, seconds = {}, {}
+        for measure in names:
+            name = measure[len(PROXY_MEASURE_PREFIX):]
+            net = self.thin if get_proxy(name).network == "regions" else self.net
+            start = time.perf_counter()
+            # A fresh generator per proxy and key: the same draws for the origin and every candidate.
+            values[measure] = compute_proxy(name, net, batch, settings, generator(*key, "proxy", name))
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            seconds[measure] = time.perf_counter() - start
+        return values, seconds
 
     def _cn(self, meta: bool) -> float:
         from kernels import anil_inner_kernel, condition_number, empirical_ntk, head_features, meta_ntk
@@ -203,6 +251,7 @@ class Scorer:
     def score_many(self, masks: list[np.ndarray], key: tuple, measures: tuple[str, ...], *,
                    batch: int = 1) -> list[Score]:
         """`score` for several candidates; condition numbers `batch` candidates per pass."""
+        check_measures(measures)
         if batch <= 1 or len(masks) == 1 or not any(m.startswith("cn") for m in measures):
             return [self.score(m, key, measures) for m in masks]
         if self.spec.kernel_output != "sum":
@@ -216,21 +265,28 @@ class Scorer:
                 values[name] = []
                 for i in range(0, len(arrays), batch):
                     values[name] += self._cn_batched(arrays[i:i + batch], meta=name == "cn_meta")
-        rn = [self.score(m, key, ("rn",)).rn for m in arrays] if "rn" in measures else None
+        # Regions and proxies one candidate at a time (thin net / own passes).
+        rest = tuple(m for m in measures if m == "rn" or m.startswith(PROXY_MEASURE_PREFIX))
+        others = [self.score(m, key, rest) for m in arrays] if rest else None
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         per = (time.perf_counter() - start) / len(arrays)  # device time shared equally
-        return [Score(**{k: v[i] for k, v in values.items()}, **({"rn": rn[i]} if rn else {}), seconds=per)
+        return [Score(**{k: v[i] for k, v in values.items()},
+                      **({"rn": others[i].rn, "proxies": others[i].proxies,
+                          "proxy_seconds": others[i].proxy_seconds} if others else {}), seconds=per)
                 for i in range(len(arrays))]
 
     def score(self, masks: np.ndarray, key: tuple, measures: tuple[str, ...]) -> Score:
-        unknown = set(measures) - set(MEASURE_NAMES)
-        if unknown:
-            raise KeyError(f"unknown measures {sorted(unknown)}; valid: {', '.join(MEASURE_NAMES)}")
+        check_measures(measures)
         start = time.perf_counter()
         self._prepare(key)
         m = masks_dict(masks_array(masks))
-        out: dict[str, float] = {}
+        out: dict[str, Any] = {}
+        proxy_names = [x for x in measures if x.startswith(PROXY_MEASURE_PREFIX)]
+        if proxy_names:
+            self.net.set_masks(m)
+            self.thin.set_masks(m)
+            out["proxies"], out["proxy_seconds"] = self._proxies(proxy_names, key)
         if "cn_meta" in measures or "cn_ntk" in measures:
             self.net.set_masks(m)
             if "cn_meta" in measures:
@@ -268,7 +324,15 @@ def spec_from_config(cfg: Any, cells: int) -> ScoreSpec:
         kernel_image_size=s.kernel_image_size, algorithm=s.algorithm, inner_time=s.inner_time, reg=s.reg,
         kernel_output=s.kernel_output, kernel_params=s.kernel_params, kernel_backend=s.kernel_backend,
         norm=s.norm, region_inputs=s.region_inputs, region_batches=s.region_batches,
+        proxy_options=proxy_options_from_config(cfg),
     )
+
+
+def proxy_options_from_config(cfg: Any) -> tuple[tuple[str, Any], ...]:
+    """ProxySettings overrides of a config: the MAML MetaNTK proxies use [search] inner_time
+    and reg, the ANIL ones [study] anil_inner_time and anil_reg (as the proxy study)."""
+    return (("anil_inner_time", cfg.study.anil_inner_time), ("anil_reg", cfg.study.anil_reg),
+            ("maml_inner_time", cfg.search.inner_time), ("maml_reg", cfg.search.reg))
 
 
 # Candidates per forward/backward on a GPU, where the per-layer work of one 30-image batch is

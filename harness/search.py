@@ -9,6 +9,11 @@ a final edge round scores removing each whole edge and keeps 2 inputs per node.
 After each round the state of every search is checkpointed (`state/searches.json`, atomic)
 and the round's candidate rows are written under a deterministic key, so `resume=True`
 continues from the last finished round and ends with the genotype an uninterrupted run gives.
+
+Proxy methods (issue 14, `harness.config.PRUNING_METHODS`): "<proxy>" ranks the proxy in the
+CN slot (`measure_delta`: oriented so the op whose removal costs the proxy least is pruned
+first), "<proxy>+regions" adds the regions slot. Their candidate rows hold the proxy's
+values in the `cn_origin`/`cn_pruned` columns (the primary score of the method).
 """
 from __future__ import annotations
 
@@ -25,19 +30,36 @@ from typing import Any, Hashable, Iterable
 import numpy as np
 
 from harness import store
-from harness.config import (FIXED_METHODS, GENOTYPE_METHOD_PREFIX, PRUNING_METHODS, ExperimentConfig, absolute_root,
-                            to_toml)
+from harness.config import (FIXED_METHODS, GENOTYPE_METHOD_PREFIX, PROXY_MEASURE_PREFIX, PRUNING_METHODS,
+                            ExperimentConfig, absolute_root, to_toml)
 from harness.errors import UserError
-from harness.ranking import Candidate, EDGE_GROUPS, choose_edges, choose_prunes, mean_delta, rank_candidates, relative_delta
+from harness.ranking import (Candidate, EDGE_GROUPS, choose_edges, choose_prunes, mean_delta, oriented_delta,
+                             rank_candidates, relative_delta)
 from harness.scoring import N_EDGES, N_OPS, Job, Score, ScoreSpec, generator, spec_from_config
 
 STATE_FILE = "state/searches.json"
 CELL_NAMES = ("normal", "reduce")
-# Measure names of harness.scoring per method; the CN column of a method is its one CN measure.
-METHOD_MEASURES: dict[str, tuple[str, ...]] = {
-    m: tuple("cn_meta" if x == "cn_meta" else "cn_ntk" if x == "cn_ntk" else "rn" for x in ms)
-    for m, ms in PRUNING_METHODS.items()
-}
+# Measure names of harness.scoring per method. The CN column (and rank) of a method is its
+# one CN measure or, for a proxy method (issue 14), its proxy: `primary_measure`.
+METHOD_MEASURES: dict[str, tuple[str, ...]] = dict(PRUNING_METHODS)
+
+
+def primary_measure(measures: tuple[str, ...]) -> str | None:
+    """The measure ranked in the CN slot: a condition number or a "proxy:<name>"."""
+    return next((m for m in measures if m.startswith(("cn", PROXY_MEASURE_PREFIX))), None)
+
+
+def measure_delta(measure: str, origin: float, pruned: float) -> float:
+    """Per-repeat delta of one measure, oriented as its slot of the ranking expects:
+    CN and regions as Algorithm 1 (`relative_delta`), proxies by `oriented_delta`."""
+    if measure.startswith(PROXY_MEASURE_PREFIX):
+        from kernels.proxy_names import PROXY_DIRECTIONS
+
+        try:
+            return oriented_delta(origin, pruned, PROXY_DIRECTIONS[measure[len(PROXY_MEASURE_PREFIX):]])
+        except ValueError as exc:  # name the proxy: the message alone does not say which
+            raise ValueError(f"{measure}: {exc}") from exc
+    return relative_delta(origin, pruned)
 
 
 class SearchInterrupted(RuntimeError):
@@ -59,7 +81,7 @@ def plan_searches(cfg: ExperimentConfig) -> list[SearchPlan]:
     for method in cfg.search.methods:
         for seed in cfg.search.seeds:
             for cells in cfg.search.cells:
-                safe = method.replace(":", "-")
+                safe = method.replace(":", "-").replace("+", "-")  # results keys allow no ':' or '+'
                 plans.append(SearchPlan(f"{cfg.dataset.name}-{safe}-s{seed}-c{cells}", cfg.dataset.name,
                                         method, seed, cells))
     return plans
@@ -283,18 +305,18 @@ def run_searches(cfg: ExperimentConfig, pool: Any, *, resume: bool = False, stop
         for s in active:
             masks = np.array(s.masks, dtype=bool)
             measures = METHOD_MEASURES[s.method]
-            cn_name = next((m for m in measures if m.startswith("cn")), None)
+            cn_name = primary_measure(measures)
             sid = s.search_id
-            origin = {m: [getattr(scores[((sid, "origin"), r)], m) for r in range(repeats)] for m in measures}
+            origin = {m: [scores[((sid, "origin"), r)].value(m) for r in range(repeats)] for m in measures}
             raw, deltas, secs, wk = {}, [], {}, {}
             for cand in cands_of[sid]:
-                vals = {m: [getattr(scores[((sid, cand), r)], m) for r in range(repeats)] for m in measures}
+                vals = {m: [scores[((sid, cand), r)].value(m) for r in range(repeats)] for m in measures}
                 raw[cand] = vals
 
                 def delta(m: str | None) -> float | None:
                     if m is None or m not in measures:
                         return None
-                    return mean_delta([relative_delta(o, p) for o, p in zip(origin[m], vals[m])])
+                    return mean_delta([measure_delta(m, o, p) for o, p in zip(origin[m], vals[m])])
 
                 deltas.append(Candidate(cand[0], cand[1], cand[2], delta(cn_name), delta("rn")))
                 secs[cand] = float(sum(scores[((sid, cand), r)].seconds for r in range(repeats)))

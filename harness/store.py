@@ -91,6 +91,11 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("acc_1shot", _F64), ("ci_1shot", _F64), ("acc_5shot", _F64), ("ci_5shot", _F64),
         ("train_seconds", _F64),
     ),
+    # Every proxy value of the study, one row per (genotype, proxy, repeat).
+    "proxy_scores": _schema(
+        ("experiment", _STR), ("dataset", _STR), ("genotype_id", _STR), ("genotype", _STR), ("cells", _I32),
+        ("proxy", _STR), ("repeat", _I32), ("value", _F64), ("seconds", _F64),
+    ),
     # One row per trial and training epoch (the training curve); `epoch` counts from 1,
     # `train_acc` is the epoch's mean training accuracy, `lr` the rate the epoch ran with.
     "history": _schema(

@@ -31,6 +31,16 @@ Aggregation over `study.repeats` repeats: condition numbers by the geometric mea
 ill-conditioned draw), with `inf` if any repeat is `inf` (a singular kernel is not averaged
 away) and NaN if any is NaN; regions by the arithmetic mean.
 
+Issue 14 adds two things. `[study] zero_cost` names further proxies of `kernels.proxies`
+(synflow, snip, ..., see `kernels.proxy_names`), measured as "proxy:<name>" with the MAML
+spec: the same weights, batch, region inputs and repeats as the four columns, each with its
+own seconds. Every proxy value per (genotype, proxy, repeat) goes to the long
+`proxy_scores` table (the four columns too, with NaN seconds where a registry proxy of the
+same name was not timed), read by `harness.leaderboard`. `[study] train_seeds` trains each
+genotype once per seed (`harness.trials.training_runs`); the `proxies` table then holds the
+mean accuracy over the trainings (the interval: a t-interval across them), and the per-seed
+accuracies stay in the `trials` table for the target's retest reliability.
+
 Init-time scores are checkpointed per (genotype, kernel, repeat) in
 `RESULTS_DIR/state/proxies_init.json` (atomic), tagged with a digest of the score specs, so a
 rerun of `metantk-nas run` only scores what is missing.
@@ -48,6 +58,7 @@ from typing import Any, Hashable, Mapping, Sequence
 import numpy as np
 
 from harness import store
+from harness.config import PROXY_MEASURE_PREFIX
 from harness.errors import UserError
 from harness.scoring import Score, ScoreSpec, masks_array, spec_from_config
 
@@ -55,6 +66,7 @@ INIT_FILE = "state/proxies_init.json"
 INIT_FORMAT = 1
 PLOT_FILE = "proxies_scatter.png"
 PROXIES_KEY = "proxies"
+SCORES_TABLE = "proxy_scores"
 KEY_TAG = "proxy"
 
 # Proxy column of the `proxies` table -> (kernel spec name, measure of harness.scoring).
@@ -88,11 +100,21 @@ def proxy_specs(cfg: Any, cells: int) -> dict[str, ScoreSpec]:
     and batches under one key); only the inner loop differs.
     """
     base = spec_from_config(cfg, cells)
+    # Proxy settings matter only where registry proxies are measured (the MAML spec, with
+    # `study.zero_cost`): elsewhere they are left out so that they change no digest.
+    options = base.proxy_options if cfg.study.zero_cost else ()
     return {
-        "maml": dataclasses.replace(base, algorithm="maml", inner_time=cfg.search.inner_time, reg=cfg.search.reg),
+        "maml": dataclasses.replace(base, algorithm="maml", inner_time=cfg.search.inner_time, reg=cfg.search.reg,
+                                    proxy_options=options),
         "anil": dataclasses.replace(base, algorithm="anil", inner_time=cfg.study.anil_inner_time,
-                                    reg=cfg.study.anil_reg),
+                                    reg=cfg.study.anil_reg, proxy_options=()),
     }
+
+
+def kernel_measures(cfg: Any) -> dict[str, tuple[str, ...]]:
+    """Measures per kernel spec: KERNEL_MEASURES plus "proxy:<name>" of `study.zero_cost` (MAML)."""
+    extra = tuple(f"{PROXY_MEASURE_PREFIX}{n}" for n in cfg.study.zero_cost)
+    return {"maml": KERNEL_MEASURES["maml"] + extra, "anil": KERNEL_MEASURES["anil"]}
 
 
 def proxy_key(experiment_seed: int, repeat: int) -> tuple:
@@ -100,10 +122,22 @@ def proxy_key(experiment_seed: int, repeat: int) -> tuple:
     return (experiment_seed, KEY_TAG, repeat)
 
 
-def spec_digest(spec: ScoreSpec) -> str:
-    """Digest of what fixes a kernel's per-repeat scores of a genotype (spec and key scheme)."""
-    text = repr((INIT_FORMAT, KEY_TAG, dataclasses.astuple(spec)))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def spec_digest(spec: ScoreSpec, extra_measures: tuple[str, ...] = ()) -> str:
+    """Digest of what fixes a kernel's per-repeat scores of a genotype (spec, key scheme and
+    the registry proxies measured). Without proxies it is the digest of the spec before
+    `proxy_options` existed, so older checkpoints stay valid."""
+    fields = dataclasses.astuple(spec)
+    if not spec.proxy_options:
+        fields = fields[:-1]  # `proxy_options` is the last field of ScoreSpec
+    parts: tuple = (INIT_FORMAT, KEY_TAG, fields)
+    if extra_measures:
+        parts += (tuple(extra_measures),)
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
+def _digests(cfg: Any, specs: Mapping[str, ScoreSpec]) -> dict[str, str]:
+    measures = kernel_measures(cfg)
+    return {k: spec_digest(spec, measures[k][len(KERNEL_MEASURES[k]):]) for k, spec in specs.items()}
 
 
 def geometric_mean_cn(values: Sequence[float]) -> float:
@@ -185,8 +219,8 @@ def _current_entry(old: Mapping[str, Any] | None, row: Mapping[str, Any], digest
 
 
 def _result_row(entry: Mapping[str, Any], repeats: int) -> dict[str, Any]:
-    per_repeat = {k: [{m: _dec(v) for m, v in entry["repeats"][k][str(r)].items()} for r in range(repeats)]
-                  for k in KERNEL_MEASURES}
+    per_repeat = {k: [{m: _dec(v) for m, v in entry["repeats"][k][str(r)].items() if m != "proxy_seconds"}
+                      for r in range(repeats)] for k in KERNEL_MEASURES}
     seconds = sum(r["seconds"] for k in per_repeat for r in per_repeat[k])
     return {"search_id": entry["search_id"], "method": entry["method"], "seed": entry["seed"],
             "cells": entry["cells"], "genotype": entry["genotype"], **aggregate(per_repeat),
@@ -218,7 +252,8 @@ def score_proxies(cfg: Any, searches: Sequence[Mapping[str, Any]], *, progress: 
     if len(set(ids)) != len(ids):
         raise ValueError(f"searches lists a search_id twice: {sorted({i for i in ids if ids.count(i) > 1})}")
     specs = {c: proxy_specs(cfg, c) for c in sorted({int(row["cells"]) for row in searches})}
-    digests = {c: {k: spec_digest(spec) for k, spec in s.items()} for c, s in specs.items()}
+    digests = {c: _digests(cfg, s) for c, s in specs.items()}
+    measures_of = kernel_measures(cfg)
     saved = load_init(results_dir)
     entries = {row["search_id"]: _current_entry(saved.get(row["search_id"]), row, digests[int(row["cells"])])
                for row in searches}
@@ -237,7 +272,7 @@ def score_proxies(cfg: Any, searches: Sequence[Mapping[str, Any]], *, progress: 
                          for sid, e in todo]
                 per_job = cfg.search.candidates_per_job
                 for i in range(0, len(items), per_job):
-                    jobs.append(Job(spec, proxy_key(cfg.experiment.seed, r), KERNEL_MEASURES[kernel],
+                    jobs.append(Job(spec, proxy_key(cfg.experiment.seed, r), measures_of[kernel],
                                     tuple(items[i:i + per_job])))
     total = sum(len(j.items) for j in jobs)
     if total:
@@ -253,7 +288,8 @@ def score_proxies(cfg: Any, searches: Sequence[Mapping[str, Any]], *, progress: 
         def on_result(job: Any, label: str, results: list[tuple[Hashable, Score]]) -> None:
             for (sid, kernel, r), score in results:
                 entries[sid]["repeats"][kernel][str(r)] = {
-                    **{m: _enc(getattr(score, m)) for m in KERNEL_MEASURES[kernel]}, "seconds": score.seconds}
+                    **{m: _enc(score.value(m)) for m in measures_of[kernel]}, "seconds": score.seconds,
+                    "proxy_seconds": dict(score.proxy_seconds)}
             bar.update(len(results))
             # Checkpoint at most every 10 s (atomic rewrite of one small JSON file).
             if time.perf_counter() - last_save[0] > 10:
@@ -285,31 +321,65 @@ def proxy_rows(cfg: Any, init: Mapping[str, Any], trials: Any) -> list[dict[str,
     experiment without init scores, or whose genotype differs from the scored one, is an
     error (the study would silently lose or mismatch rows otherwise).
     """
+    from harness.report import summarize_seeds
+
     repeats = cfg.study.repeats
     frame = trials[trials["experiment"] == cfg.experiment.name]
+    trainings = max(1, len(cfg.study.train_seeds))
     rows = []
     problems = []
-    for t in frame.sort_values("trial_id").itertuples():
-        entry = init.get(t.search_id)
+    for search_id, group in frame.sort_values("trial_id").groupby("search_id", sort=True):
+        t = next(group.itertuples())
+        entry = init.get(search_id)
         if entry is None or not _entry_complete(entry, repeats):
-            problems.append(f"{t.search_id}: no complete init scores")
+            problems.append(f"{search_id}: no complete init scores")
             continue
-        if entry["genotype"] != t.genotype:
-            problems.append(f"{t.search_id}: scored genotype {entry['genotype']} != trained {t.genotype}")
+        if set(group["genotype"]) != {entry["genotype"]}:
+            problems.append(f"{search_id}: scored genotype {entry['genotype']} != trained {t.genotype}")
+            continue
+        if len(group) != trainings:
+            problems.append(f"{search_id}: {len(group)} of {trainings} trainings (study.train_seeds)")
             continue
         scores = _result_row(entry, repeats)
+        # Mean over the trainings; with >= 2 a t-interval across them, else the episode interval.
+        acc = {shot: summarize_seeds(group[f"acc_{shot}"].to_numpy(), group[f"ci_{shot}"].to_numpy())
+               for shot in ("1shot", "5shot")}
         rows.append({
-            "experiment": cfg.experiment.name, "dataset": t.dataset, "genotype_id": t.search_id,
+            "experiment": cfg.experiment.name, "dataset": t.dataset, "genotype_id": search_id,
             "genotype": t.genotype, "seed": int(t.seed), "cells": int(t.cells),
             **{c: float(scores[c]) for c in PROXY_COLUMNS}, "params": int(t.params),
-            "acc_1shot": float(t.acc_1shot), "ci_1shot": float(t.ci_1shot),
-            "acc_5shot": float(t.acc_5shot), "ci_5shot": float(t.ci_5shot),
-            "train_seconds": float(t.train_seconds),
+            "acc_1shot": acc["1shot"].mean, "ci_1shot": acc["1shot"].ci,
+            "acc_5shot": acc["5shot"].mean, "ci_5shot": acc["5shot"].ci,
+            "train_seconds": float(group["train_seconds"].sum()),
         })
     if problems:
         raise UserError(f"{cfg.results_dir}: cannot join {len(problems)} trial(s) with their proxy scores "
                         f"({'; '.join(problems[:3])}); rerun `metantk-nas run` on the same experiment file "
                         f"so the missing proxies are scored")
+    return rows
+
+
+def proxy_score_rows(cfg: Any, init: Mapping[str, Any], genotype_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """Long `proxy_scores` rows: one per (genotype, proxy, repeat) with the value and seconds.
+
+    The four columns come from their measures (seconds NaN: they share one timed job); a
+    proxy of `study.zero_cost` from its registry measure with its own seconds (so listing
+    e.g. "cn_ntk" there times it, with the same value).
+    """
+    rows = []
+    for gid in genotype_ids:
+        entry = init[gid]
+        for r in range(cfg.study.repeats):
+            values: dict[str, tuple[float, float]] = {}
+            for column, (kernel, measure) in PROXY_SOURCES.items():
+                values[column] = (_dec(entry["repeats"][kernel][str(r)][measure]), math.nan)
+            maml = entry["repeats"]["maml"][str(r)]
+            for name in cfg.study.zero_cost:
+                m = f"{PROXY_MEASURE_PREFIX}{name}"
+                values[name] = (_dec(maml[m]), float(maml["proxy_seconds"][m]))
+            rows += [{"experiment": cfg.experiment.name, "dataset": cfg.dataset.name, "genotype_id": gid,
+                      "genotype": entry["genotype"], "cells": int(entry["cells"]), "proxy": name, "repeat": r,
+                      "value": v, "seconds": sec} for name, (v, sec) in values.items()]
     return rows
 
 
@@ -329,7 +399,14 @@ def finish_proxy_study(cfg: Any) -> Path:
                         f"[study] proxies = true and rerun `metantk-nas run`")
     rows = proxy_rows(cfg, init, store.read_table(results_dir, "trials"))
     store.write_rows(results_dir, "proxies", PROXIES_KEY, rows)
+    store.write_rows(results_dir, SCORES_TABLE, PROXIES_KEY,
+                     proxy_score_rows(cfg, init, [r["genotype_id"] for r in rows]))
     layout = store.results_layout(results_dir)
+    if cfg.study.zero_cost:
+        from harness.leaderboard import write_figures
+
+        write_figures(pd.DataFrame(rows), store.read_table(results_dir, SCORES_TABLE), layout.plots,
+                      title=f"{cfg.experiment.name}: {len(rows)} genotypes")
     return plot_proxies(pd.DataFrame(rows), layout.plots / PLOT_FILE, n_boot=cfg.study.n_boot,
                         title=f"{cfg.experiment.name}: proxies at initialisation vs accuracy after training "
                               f"({len(rows)} genotypes)")

@@ -120,22 +120,37 @@ def ensure_episode_lists(cfg: ExperimentConfig) -> list[Path]:
     return paths
 
 
+def training_runs(cfg: ExperimentConfig, row: dict[str, Any]) -> list[tuple[int, str]]:
+    """(training seed, trial id) of each training of one searched genotype: its search seed
+    and id by default; with `[study] train_seeds` one trial per seed, "<search id>-t<seed>"."""
+    if not cfg.study.train_seeds:
+        return [(int(row["seed"]), row["search_id"])]
+    return [(t, f"{row['search_id']}-t{t}") for t in cfg.study.train_seeds]
+
+
 def trial_specs(cfg: ExperimentConfig, searches: list[dict[str, Any]]) -> list[TrialSpec]:
-    """One `TrialSpec` per searched genotype (rows of the `searches` table)."""
+    """One `TrialSpec` per training of each searched genotype (rows of the `searches` table,
+    `training_runs`); the `seed` of a trial stays its search's seed, the training recipe's
+    seed is the training seed."""
     specs = []
     for row in searches:
-        specs.append(TrialSpec(
-            experiment=cfg.experiment.name, results_dir=str(cfg.results_dir.resolve()), trial_id=row["search_id"],
-            search_id=row["search_id"], dataset=cfg.dataset.name, root=absolute_root(cfg.dataset.root),
-            dataset_options=dict(cfg.dataset.options), image_size=cfg.dataset.image_size,
-            data_seed=cfg.experiment.seed, train_split=cfg.dataset.train_split, eval_split=cfg.dataset.eval_split,
-            method=row["method"], seed=int(row["seed"]), cells=int(row["cells"]),
-            channels=cfg.train.init_channels or cfg.search.init_channels, genotype=row["genotype"],
-            search_seconds=float(row["device_seconds"]), train=train_config_for(cfg, int(row["seed"])).to_dict(),
-            eval_ways=cfg.evaluate.ways, eval_shots=tuple(cfg.evaluate.shots), eval_queries=cfg.evaluate.queries,
-            eval_episodes=cfg.evaluate.episodes, eval_C=cfg.evaluate.C, support_augment=cfg.evaluate.support_augment,
-        ))
+        for train_seed, trial_id in training_runs(cfg, row):
+            specs.append(_trial_spec(cfg, row, train_seed, trial_id))
     return specs
+
+
+def _trial_spec(cfg: ExperimentConfig, row: dict[str, Any], train_seed: int, trial_id: str) -> TrialSpec:
+    return TrialSpec(
+        experiment=cfg.experiment.name, results_dir=str(cfg.results_dir.resolve()), trial_id=trial_id,
+        search_id=row["search_id"], dataset=cfg.dataset.name, root=absolute_root(cfg.dataset.root),
+        dataset_options=dict(cfg.dataset.options), image_size=cfg.dataset.image_size,
+        data_seed=cfg.experiment.seed, train_split=cfg.dataset.train_split, eval_split=cfg.dataset.eval_split,
+        method=row["method"], seed=int(row["seed"]), cells=int(row["cells"]),
+        channels=cfg.train.init_channels or cfg.search.init_channels, genotype=row["genotype"],
+        search_seconds=float(row["device_seconds"]), train=train_config_for(cfg, train_seed).to_dict(),
+        eval_ways=cfg.evaluate.ways, eval_shots=tuple(cfg.evaluate.shots), eval_queries=cfg.evaluate.queries,
+        eval_episodes=cfg.evaluate.episodes, eval_C=cfg.evaluate.C, support_augment=cfg.evaluate.support_augment,
+    )
 
 
 def _device() -> Any:

@@ -1,5 +1,5 @@
 """Kernels of MetaNTK-NAS: empirical NTK, MetaNTK (MAML / ANIL), condition number,
-linear regions, and (for theory checks) analytic infinite-width kernels.
+linear regions, the zero-cost proxy registry (``kernels.proxies``), and (for theory checks) analytic infinite-width kernels.
 
 Pure torch, float64 where it matters, device taken from the inputs (design section 3).
 Every public name is resolved lazily (PEP 562 module ``__getattr__``) so that importing
@@ -22,6 +22,11 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "count_linear_regions": ("kernels.regions", "count_linear_regions"),
     "count_linear_regions_pairwise": ("kernels.regions", "count_linear_regions_pairwise"),
     "analytic": ("kernels.analytic", None),
+    "compute_proxy": ("kernels.proxies", "compute_proxy"),
+    "get_proxy": ("kernels.proxies", "get_proxy"),
+    "PROXIES": ("kernels.proxies", "PROXIES"),
+    "ProxyBatch": ("kernels.proxies", "ProxyBatch"),
+    "ProxySettings": ("kernels.proxies", "ProxySettings"),
     "second_order_meta_ntk": ("kernels.second_order", "second_order_meta_ntk"),
 }
 

@@ -265,11 +265,14 @@ class KernelBatch:
     tasks:  list of (query_idx, support_idx) int64 index tensors into `images`, the
             format `kernels.meta_ntk` takes.
     source: int64 (M,) index of each row's image in the split (for checks and logs).
+    labels: int64 (M,) task-local class 0..ways-1 of each row (the kernel never uses them;
+            the label-based zero-cost proxies of `kernels.proxies` do).
     """
 
     images: torch.Tensor
     tasks: list[tuple[torch.Tensor, torch.Tensor]]
     source: torch.Tensor
+    labels: torch.Tensor
 
 
 def _cpu_generator(generator: torch.Generator) -> torch.Generator:
@@ -362,7 +365,10 @@ def sample_kernel_batch(split: ImageSplit, *, tasks: int = 3, ways: int = 5, sho
     for t in range(tasks):
         start = t * (nq + ns)
         index_sets.append((torch.arange(start, start + nq), torch.arange(start + nq, start + nq + ns)))
-    return KernelBatch(images.to(device), index_sets, source)
+    # Queries and supports are each stacked class by class (`stacked` is (ways, need)).
+    labels = torch.cat([torch.cat([torch.arange(ways).repeat_interleave(queries),
+                                   torch.arange(ways).repeat_interleave(shots)]) for _ in range(tasks)])
+    return KernelBatch(images.to(device), index_sets, source, labels.to(device))
 
 
 def sample_region_inputs(split: ImageSplit, *, n: int, generator: torch.Generator,
