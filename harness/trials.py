@@ -177,8 +177,12 @@ def evaluate_trained(model: Any, spec_like: Any, split: Any, device: Any, *, pro
                                  spec_like.eval_ways, shots, spec_like.eval_queries, spec_like.eval_episodes,
                                  spec_like.data_seed)
         episodes = EpisodeList.load(path)
+        # Support images are augmented with the training recipe's transform, as the paper's code
+        # augments them with its train transform (config validation checks the recipe up front).
         accs = evaluate_model(model, split, episodes, device=device, normalization=NORMALIZATION[spec_like.dataset],
-                              C=spec_like.eval_C, support_augment=spec_like.support_augment, progress=progress)
+                              C=spec_like.eval_C, support_augment=spec_like.support_augment,
+                              augment=spec_like.train["augment"] if spec_like.support_augment else None,
+                              progress=progress)
         mean, half = mean_confidence_interval(accs)
         summary[shots] = (float(mean), float(half))
         rows += [{"ways": spec_like.eval_ways, "shots": shots, "queries": spec_like.eval_queries, "episode": i,
