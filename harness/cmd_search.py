@@ -57,7 +57,7 @@ def start_pool(cfg: Any) -> Any:
     from harness.scorers import ScorerPool
 
     ensure_ray(cfg.resources.address, cfg.resources.num_cpus)
-    return ScorerPool(cfg.resources.workers, cfg.resources.gpus_per_worker)
+    return ScorerPool(cfg.resources.workers, cfg.resources.gpus_per_worker, cfg.resources.candidate_batch)
 
 
 def run_search_stage(cfg: Any, *, resume: bool, progress: bool) -> list[dict]:

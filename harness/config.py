@@ -135,6 +135,10 @@ class ResourcesSection:
     num_cpus: int = 0                # local Ray only; 0 = all cores
     max_failures: int = 2
     trial_cpus: float = 1.0
+    # Candidates scored per forward/backward by each scorer (0 = 16 on a GPU, 1 on a CPU).
+    # Batching also pays on a CPU for tiny supernets (test and smoke scale), where the
+    # per-op overhead dominates; scores agree to float rounding, not bit for bit.
+    candidate_batch: int = 0
 
 
 @dataclass(frozen=True)
@@ -450,6 +454,12 @@ def _refuse_late_failures(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"{src}: search.kernel_output = {s.kernel_output!r} works only for the plain NTK "
                           f"(method tenas); {users} score(s) the MetaNTK, whose tasks address samples: "
                           f"use kernel_output = \"sum\"")
+    if cfg.resources.candidate_batch < 0:
+        raise ConfigError(f"{src}: resources.candidate_batch = {cfg.resources.candidate_batch} must be >= 0 "
+                          f"(0 = the device's default)")
+    if s.kernel_output != "sum" and cfg.resources.candidate_batch > 1:
+        raise ConfigError(f"{src}: search.kernel_output = {s.kernel_output!r} is scored one candidate at a "
+                          f"time: set resources.candidate_batch = 1 (or kernel_output = \"sum\")")
     if not cfg.resources.trial_cpus > 0:
         raise ConfigError(f"{src}: resources.trial_cpus = {cfg.resources.trial_cpus} must be > 0")
 

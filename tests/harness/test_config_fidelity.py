@@ -146,6 +146,9 @@ def test_cli_set_is_refused_before_any_work(tmp_path, capsys):
     ({"search": {"kernel_output": "full", "methods": ["tenas"]}, "study": {"proxies": True}},
      "study.proxies score(s) the MetaNTK"),
     ({"resources": {"trial_cpus": 0}}, "resources.trial_cpus = 0.0 must be > 0"),
+    ({"resources": {"candidate_batch": -1}}, "resources.candidate_batch = -1 must be >= 0"),
+    ({"search": {"kernel_output": "full", "methods": ["tenas"]}, "resources": {"candidate_batch": 4}},
+     "set resources.candidate_batch = 1"),
 ])
 def test_what_the_trainer_evaluator_or_scorer_would_refuse_later_is_refused_now(sections, message):
     with pytest.raises(ConfigError) as err:
