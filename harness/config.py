@@ -422,6 +422,28 @@ def _resolve_kernel_by_cells(cfg: ExperimentConfig) -> ExperimentConfig:
 # ----------------------------------------------------------------------------- late refusals
 
 
+def _augment_problem(cfg: ExperimentConfig, augment: str) -> str | None:
+    """What the training (and support) augmentation would refuse on this dataset's images,
+    found by running it on one blank image. Only `synthetic` has a configurable channel
+    count (option `channels`); the other datasets' images fit every registered recipe."""
+    if cfg.dataset.name != "synthetic":
+        return None
+    import torch
+
+    from trainers.augment import make_augment
+    from trainers.data import NORMALIZATION, SYNTHETIC_DEFAULTS
+
+    channels = cfg.dataset.options.get("channels", SYNTHETIC_DEFAULTS["channels"])
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+        return None  # the dataset loader names this problem itself
+    blank = torch.zeros(1, channels, 8, 8, dtype=torch.uint8)
+    try:
+        make_augment(augment, NORMALIZATION[cfg.dataset.name])(blank, torch.Generator().manual_seed(0))
+    except ValueError as exc:
+        return f"its augmentation {augment!r} refuses {channels}-channel images ({exc})"
+    return None
+
+
 def _refuse_late_failures(cfg: ExperimentConfig) -> None:
     """Refuse now what the scorers, the trainer or the evaluator would refuse later.
 
@@ -448,6 +470,9 @@ def _refuse_late_failures(cfg: ExperimentConfig) -> None:
         except ValueError as exc:
             raise ConfigError(f"{src}: [train] (recipe {cfg.train.recipe or cfg.dataset.name!r} with its "
                               f"overrides) is refused by the trainer: {exc}") from None
+    problem = _augment_problem(cfg, train_config_for(cfg, s.seeds[0]).augment)
+    if problem:
+        raise ConfigError(f"{src}: [train] recipe {cfg.train.recipe or cfg.dataset.name!r}: {problem}")
     meta = [m for m in s.methods if "cn_meta" in PRUNING_METHODS.get(m, ())]
     if s.kernel_output != "sum" and (meta or cfg.study.proxies):
         users = ", ".join(meta) if meta else "study.proxies"

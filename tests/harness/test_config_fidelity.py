@@ -147,6 +147,8 @@ def test_cli_set_is_refused_before_any_work(tmp_path, capsys):
      "study.proxies score(s) the MetaNTK"),
     ({"resources": {"trial_cpus": 0}}, "resources.trial_cpus = 0.0 must be > 0"),
     ({"resources": {"candidate_batch": -1}}, "resources.candidate_batch = -1 must be >= 0"),
+    ({"dataset": {"options": {"channels": 4}}, "train": {"recipe": "mini_imagenet"}},
+     "its augmentation 'rfs84' refuses 4-channel images"),
     ({"search": {"kernel_output": "full", "methods": ["tenas"]}, "resources": {"candidate_batch": 4}},
      "set resources.candidate_batch = 1"),
 ])
@@ -154,6 +156,11 @@ def test_what_the_trainer_evaluator_or_scorer_would_refuse_later_is_refused_now(
     with pytest.raises(ConfigError) as err:
         cfg_of(**sections)
     assert message in str(err.value)
+
+
+def test_a_four_channel_dataset_may_use_a_recipe_without_colour_jitter():
+    cfg = cfg_of(dataset={"options": {"channels": 4}}, train={"recipe": "synthetic"})
+    assert cfg.dataset.options["channels"] == 4
 
 
 def test_plain_ntk_may_use_the_full_kernel():
