@@ -401,7 +401,7 @@ def _resolve_kernel_by_cells(cfg: ExperimentConfig) -> ExperimentConfig:
         cells = int(key)
         if cells not in s.cells:
             raise ConfigError(f"{where}: {cells} is not in search.cells = {list(s.cells)}; add it there "
-                              f"or remove the table")
+                              f"or remove the table (on the command line: --set search.kernel_by_cells={{}})")
         if isinstance(raw, KernelSettings):
             raw = dataclasses.asdict(raw)
         if not isinstance(raw, Mapping):

@@ -121,6 +121,14 @@ def test_set_overrides_are_typed_validated_and_recorded(tmp_path):
         load_config(path, sets=["search.channels=8"])
 
 
+def test_set_can_drop_the_per_cells_table_when_reducing_cells():
+    path = REPO / "experiments" / "ablation_mini.toml"
+    with pytest.raises(ConfigError, match=r"--set search.kernel_by_cells=\{\}"):
+        load_config(path, sets=["search.cells=[5]"])
+    cfg = load_config(path, sets=["search.cells=[5]", "search.kernel_by_cells={}"])
+    assert cfg.search.kernel_by_cells == {} and cfg.search.kernel_for(5).algorithm == "maml"
+
+
 def test_cli_set_is_refused_before_any_work(tmp_path, capsys):
     from harness.cli import main
 
