@@ -5,6 +5,7 @@ reduced through `--set`. One run per file, the smallest settings: ~0.5-1 min eac
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import tomllib
 from pathlib import Path
@@ -89,6 +90,9 @@ def test_paper_file_runs_end_to_end(name, roots, ray_session, tmp_path, capsys):
     assert sorted(trials["trial_id"]) == sorted(searches["search_id"])
     assert trials["acc_1shot"].between(0, 1).all() and trials["acc_5shot"].between(0, 1).all()
     assert (trials["epochs"] == 1).all()
+    for text in trials["config_json"]:  # evaluated with 5 support copies of the recipe's transform
+        spec = json.loads(text)
+        assert spec["support_augment"] == 5 and spec["train"]["augment"] == "rfs84"
     episodes = store.read_table(results, "episodes")
     assert len(episodes) == len(trials) * 2 * 2 and set(episodes["queries"]) == {2}
     assert (results / "report" / "report.md").is_file()
