@@ -9,10 +9,10 @@ so the exact settings are written next to the results.
 from __future__ import annotations
 
 import copy
-from collections import abc
 import dataclasses
 import math
 import tomllib
+from collections import abc
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence, get_args, get_origin, get_type_hints
