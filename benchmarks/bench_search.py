@@ -88,7 +88,7 @@ def paper_rounds(device: str, rounds: int, out: str, cells: int = 5, channels: i
     import time as _time
 
     from harness.scoring import InlinePool
-    from harness.search import SearchInterrupted, run_searches
+    from harness.search import SEARCH_ROUNDS, SearchInterrupted, run_searches
 
     cfg = parse_config({"experiment": {"name": "paper-search", "seed": 0, "out": out},
                         "dataset": {"name": "synthetic"},
@@ -100,7 +100,7 @@ def paper_rounds(device: str, rounds: int, out: str, cells: int = 5, channels: i
     for r in range(1, rounds + 1):
         start = _time.perf_counter()
         try:
-            run_searches(cfg, pool, resume=r > 1, stop_after_round=r if r < 7 else None, progress=False)
+            run_searches(cfg, pool, resume=r > 1, stop_after_round=r if r < SEARCH_ROUNDS else None, progress=False)
         except SearchInterrupted:
             pass
         n = [127, 109, 91, 73, 55, 37, 4, 5, 4, 5][r - 1] * 3  # candidates + origin per round
