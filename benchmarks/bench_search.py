@@ -7,7 +7,8 @@ on a local Ray with 1 and then 2 scorer actors and prints candidates/s, round se
 speed-up. Part 2 scores a sample of candidates of the paper-size setting (5 cells, C=48,
 GroupNorm, 30 images of 32x32, MAML kernel, 3 repeats; linear regions on 3000 inputs) in
 this process on `--device` and extrapolates the time of a full round (127 networks x 3
-repeats) and of a whole search (507 networks x 3 repeats). Prints figures, asserts nothing.
+repeats) and of a whole search (510 networks x 3 repeats: 486 op candidates, 14 edge
+candidates, 10 origins). Prints figures, asserts nothing.
 """
 from __future__ import annotations
 
@@ -87,7 +88,7 @@ def paper_rounds(device: str, rounds: int, out: str, cells: int = 5, channels: i
     import time as _time
 
     from harness.scoring import InlinePool
-    from harness.search import SearchInterrupted, run_searches
+    from harness.search import SEARCH_ROUNDS, SearchInterrupted, run_searches
 
     cfg = parse_config({"experiment": {"name": "paper-search", "seed": 0, "out": out},
                         "dataset": {"name": "synthetic"},
@@ -99,10 +100,10 @@ def paper_rounds(device: str, rounds: int, out: str, cells: int = 5, channels: i
     for r in range(1, rounds + 1):
         start = _time.perf_counter()
         try:
-            run_searches(cfg, pool, resume=r > 1, stop_after_round=r if r < 7 else None, progress=False)
+            run_searches(cfg, pool, resume=r > 1, stop_after_round=r if r < SEARCH_ROUNDS else None, progress=False)
         except SearchInterrupted:
             pass
-        n = [127, 109, 91, 73, 55, 37, 15][r - 1] * 3
+        n = [127, 109, 91, 73, 55, 37, 4, 5, 4, 5][r - 1] * 3  # candidates + origin per round
         times.append((r, _time.perf_counter() - start, n))
         print(f"  round {r}: {times[-1][1]:7.1f} s  {n:4d} networks  {n / times[-1][1]:6.2f} networks/s", flush=True)
     return times
@@ -114,7 +115,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="skip the Ray part")
     p.add_argument("--paper-candidates", type=int, default=4)
     p.add_argument("--paper-rounds", type=int, default=0,
-                   help="also run this many real rounds (1-7) of a paper-size search in-process (GPU)")
+                   help="also run this many real rounds (1-10: 6 op rounds, 4 edge-group rounds) of a paper-size search "
+                        "in-process (GPU)")
     p.add_argument("--paper-cells", type=int, default=5, help=argparse.SUPPRESS)     # smoke-testing the script
     p.add_argument("--paper-channels", type=int, default=48, help=argparse.SUPPRESS)
     p.add_argument("--out", default="/tmp/metantk-bench-search")
@@ -136,20 +138,23 @@ def main() -> None:
     t = paper_sample(args.device, args.paper_candidates) if args.paper_candidates else {"cn": 0.0, "rn": 0.0}
     per_net = t["cn"] + t["rn"]
     round_s = 127 * 3 * per_net
-    search_s = 507 * 3 * per_net
+    search_s = 510 * 3 * per_net
     print(f"\npaper size (5 cells, C=48, MAML kernel, 30 images 32x32; regions on 3000 inputs), {args.device}:")
     print(f"  MetaNTK CN {t['cn']:.3f} s + regions {t['rn']:.3f} s per network (median of {args.paper_candidates})")
     print(f"  round 1 (127 networks x 3 repeats) ~ {round_s / 60:.1f} min on one worker;"
-          f" whole search (507 x 3) ~ {search_s / 60:.1f} min = {search_s / 3600:.2f} device-hours")
+          f" whole search (510 x 3) ~ {search_s / 60:.1f} min = {search_s / 3600:.2f} device-hours")
     print("  reference: 1.54 GPU-hours per 5-cell miniImageNet search on a V100")
     if args.paper_rounds:
         import shutil
 
         shutil.rmtree(Path(args.out) / "paper-search", ignore_errors=True)
         print(f"\npaper-size search, real rounds in-process on {args.device} (networks = (candidates+origin) x 3):")
-        rows = paper_rounds(args.device, min(args.paper_rounds, 7), args.out, args.paper_cells, args.paper_channels)
+        from harness.search import SEARCH_ROUNDS
+
+        rows = paper_rounds(args.device, min(args.paper_rounds, SEARCH_ROUNDS), args.out, args.paper_cells,
+                            args.paper_channels)
         total = sum(t for _, t, _ in rows)
-        print(f"  {len(rows)} round(s): {total:.1f} s" + ("  (whole search)" if len(rows) == 7 else ""))
+        print(f"  {len(rows)} round(s): {total:.1f} s" + ("  (whole search)" if len(rows) == SEARCH_ROUNDS else ""))
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """Train and evaluate given genotypes (no search) as Tune trials of the experiment."""
     from harness import store
-    from harness.search import network_params
+    from harness.search import kernel_columns, network_params
     from harness.trials import run_trials, trial_specs
     from search_spaces.genotypes import resolve_genotype
 
@@ -57,7 +57,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 row = {"experiment": cfg.experiment.name, "dataset": cfg.dataset.name, "method": f"genotype:{label}",
                        "seed": seed, "cells": cells, "search_id": search_id, "genotype": genotype.to_str(),
                        "rounds": 0, "candidates": 0, "wall_seconds": 0.0, "device_seconds": 0.0, "workers": 0,
-                       "device_kind": "none", "params": network_params(cfg, genotype, cells)}
+                       "device_kind": "none", "params": network_params(cfg, genotype, cells),
+                       **kernel_columns(cfg, "genotype", cells)}
                 store.write_rows(cfg.results_dir, "searches", search_id, [row])
                 rows.append(row)
     run_trials(cfg, trial_specs(cfg, rows), verbose=0 if args.no_progress else 1)

@@ -15,6 +15,10 @@ def add_common_experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", default=None, help="dataset root folder (overrides [dataset] root)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="TABLE.KEY=VALUE",
+                   help="override one key of the experiment file, typed and validated like the file "
+                        "(repeatable; applied last; recorded in RESULTS_DIR/config.toml), e.g. "
+                        "--set search.init_channels=8 --set evaluate.episodes=20")
 
 
 def load_experiment(args: argparse.Namespace) -> Any:
@@ -25,7 +29,7 @@ def load_experiment(args: argparse.Namespace) -> Any:
         "dataset": {"root": args.root},
         "resources": {"workers": args.workers, "address": args.address, "num_cpus": args.num_cpus},
     }
-    return load_config(args.experiment, overrides)
+    return load_config(args.experiment, overrides, sets=args.sets)
 
 
 def write_run_metadata(cfg: Any) -> None:
@@ -53,7 +57,7 @@ def start_pool(cfg: Any) -> Any:
     from harness.scorers import ScorerPool
 
     ensure_ray(cfg.resources.address, cfg.resources.num_cpus)
-    return ScorerPool(cfg.resources.workers, cfg.resources.gpus_per_worker)
+    return ScorerPool(cfg.resources.workers, cfg.resources.gpus_per_worker, cfg.resources.candidate_batch)
 
 
 def run_search_stage(cfg: Any, *, resume: bool, progress: bool) -> list[dict]:

@@ -8,15 +8,18 @@ so the exact settings are written next to the results.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import tomllib
+from collections import abc
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping, get_args, get_origin, get_type_hints
+from typing import Any, Mapping, Sequence, get_args, get_origin, get_type_hints
 
 from harness.errors import ConfigError
 from kernels.proxy_names import PROXY_NAMES
+from harness.ranking import RANKING_MODES
 
 # Methods that prune the supernet with scores, and what each one measures (design section 5).
 PRUNING_METHODS: dict[str, tuple[str, ...]] = {
@@ -71,6 +74,15 @@ class DatasetSection:
 
 
 @dataclass(frozen=True)
+class KernelSettings:
+    """The MetaNTK of one search: inner-loop algorithm, inner time t (lr x steps), regulariser c."""
+
+    algorithm: str = "maml"          # maml | anil
+    inner_time: float = math.inf
+    reg: float = 1e-3
+
+
+@dataclass(frozen=True)
 class SearchSection:
     methods: tuple[str, ...] = ("metantk",)
     seeds: tuple[int, ...] = (0,)
@@ -91,8 +103,19 @@ class SearchSection:
     norm: str = "group"              # group | batch(eval-mode only)
     region_inputs: int = 1000
     region_batches: int = 3
-    round_deltas: bool = False       # the reference rounds deltas to 3 decimals (adds ties)
+    # "exact" (exact mean deltas and ranks) | "reference" (the paper's code: 3-decimal deltas,
+    # 3-significant-figure sort, ties, its op order); harness.ranking.RANKING_MODES.
+    ranking: str = "exact"
     candidates_per_job: int = 8
+    # Kernel settings per cell count, overriding algorithm / inner_time / reg above for the
+    # searches with that many cells: [search.kernel_by_cells.8] algorithm = "anil" ...
+    # Resolved at load time to {cells: KernelSettings} (every key filled in).
+    kernel_by_cells: Mapping[int, Any] = field(default_factory=dict)
+
+    def kernel_for(self, cells: int) -> KernelSettings:
+        """The kernel settings of the searches with `cells` cells."""
+        default = KernelSettings(self.algorithm, self.inner_time, self.reg)
+        return self.kernel_by_cells.get(cells, default)
 
 
 @dataclass(frozen=True)
@@ -124,6 +147,10 @@ class ResourcesSection:
     num_cpus: int = 0                # local Ray only; 0 = all cores
     max_failures: int = 2
     trial_cpus: float = 1.0
+    # Candidates scored per forward/backward by each scorer (0 = 16 on a GPU, 1 on a CPU).
+    # Batching also pays on a CPU for tiny supernets (test and smoke scale), where the
+    # per-op overhead dominates; scores agree to float rounding, not bit for bit.
+    candidate_batch: int = 0
 
 
 @dataclass(frozen=True)
@@ -152,6 +179,7 @@ class ExperimentConfig:
     resources: ResourcesSection = ResourcesSection()
     study: StudySection = StudySection()
     source: str = ""                 # the file it came from (for messages)
+    sets: tuple[str, ...] = ()       # the command line's --set KEY=VALUE overrides (provenance)
 
     @property
     def results_dir(self) -> Path:
@@ -179,6 +207,7 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("search", "kernel_params"): ("weights", "all"),
     ("search", "norm"): ("group", "batch"),
     ("search", "kernel_backend"): ("hooks", "func", "opacus", "loop"),
+    ("search", "ranking"): tuple(RANKING_MODES),
 }
 
 
@@ -190,7 +219,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if not isinstance(value, list):
             value = [value]  # a scalar where a list is expected is a one-item list
         return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
-    if hint is Mapping[str, Any] or origin is Mapping:
+    if hint is Mapping[str, Any] or origin is Mapping or origin is abc.Mapping:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table, got {type(value).__name__} {value!r}")
         return dict(value)
@@ -299,12 +328,16 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>") -> Experimen
         raise ConfigError(f"{source}: missing experiment.name (add [experiment] name = \"...\")")
     parts = {name: _section(name, cls, data.get(name, {}), source) for name, cls in SECTIONS.items()}
     cfg = ExperimentConfig(**parts, source=source)
+    cfg = _resolve_kernel_by_cells(cfg)
     _positive(cfg)
+    _refuse_late_failures(cfg)
     return cfg
 
 
-def load_config(path: str | Path, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> ExperimentConfig:
-    """Read an experiment TOML file; `overrides` = {section: {key: value}} from the CLI."""
+def load_config(path: str | Path, overrides: Mapping[str, Mapping[str, Any]] | None = None,
+                sets: Sequence[str] = ()) -> ExperimentConfig:
+    """Read an experiment TOML file; `overrides` = {section: {key: value}} from the CLI's flags,
+    then `sets` = the CLI's `--set TABLE.KEY=VALUE` items (see `apply_sets`), applied last."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"experiment file {path} not found; the shipped ones are in experiments/*.toml")
@@ -314,10 +347,174 @@ def load_config(path: str | Path, overrides: Mapping[str, Mapping[str, Any]] | N
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     for section, changes in (overrides or {}).items():
         data.setdefault(section, {}).update({k: v for k, v in changes.items() if v is not None})
-    return parse_config(data, source=str(path))
+    data = apply_sets(data, sets)
+    try:
+        cfg = parse_config(data, source=str(path))
+    except ConfigError as exc:
+        if sets:  # the faulty value may come from the command line: say what it added
+            raise ConfigError(f"{exc} (with --set {' '.join(sets)})") from None
+        raise
+    return dataclasses.replace(cfg, sets=tuple(sets))
+
+
+# ----------------------------------------------------------------------------- --set overrides
+
+
+def parse_set(item: str) -> tuple[tuple[str, ...], Any]:
+    """One `--set TABLE.KEY=VALUE`: the dotted key path and the value as TOML reads it.
+
+    `search.init_channels=8` -> (("search", "init_channels"), 8); `evaluate.shots=[1]` -> a
+    list; `search.inner_time=inf` -> inf; `search.kernel_by_cells.8.reg=1e-5` -> a nested key.
+    A value TOML cannot read (`dataset.name=omniglot`) is taken as a string, so quotes are
+    optional. Types and ranges are checked afterwards by the file's own validation.
+    """
+    key, sep, text = item.partition("=")
+    path = tuple(part.strip() for part in key.split("."))
+    if not sep or len(path) < 2 or not all(path):
+        raise ConfigError(f"--set {item!r}: expected TABLE.KEY=VALUE, e.g. --set search.init_channels=8")
+    text = text.strip()
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    return path, value
+
+
+def apply_sets(data: Mapping[str, Any], sets: Sequence[str]) -> dict[str, Any]:
+    """A copy of parsed TOML `data` with every `--set` item applied in order (later wins)."""
+    out: dict[str, Any] = copy.deepcopy(dict(data))
+    for item in sets:
+        path, value = parse_set(item)
+        node = out
+        for depth, part in enumerate(path[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {'.'.join(path[:depth + 1])} is a value, not a table")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+# ----------------------------------------------------------------------------- per-cells kernels
+
+KERNEL_KEYS: tuple[str, ...] = tuple(f.name for f in fields(KernelSettings))
+
+
+def _kernel_problem(k: KernelSettings) -> str | None:
+    """What is wrong with one kernel setting (the checks of the flat search keys), or None."""
+    if k.algorithm not in CHOICES[("search", "algorithm")]:
+        return f"algorithm = {k.algorithm!r} is not valid; choose one of {', '.join(CHOICES[('search', 'algorithm')])}"
+    if not k.inner_time >= 0:
+        return f"inner_time = {k.inner_time} must be >= 0 (or \"inf\")"
+    if not (k.reg >= 0 and math.isfinite(k.reg)):
+        return f"reg = {k.reg} must be a finite number >= 0"
+    return None
+
+
+def _resolve_kernel_by_cells(cfg: ExperimentConfig) -> ExperimentConfig:
+    """`search.kernel_by_cells` as {cells: KernelSettings}: each table's keys typed like the
+    flat ones, missing keys taken from [search], cell counts that the search runs."""
+    s, src = cfg.search, cfg.source
+    resolved: dict[int, KernelSettings] = {}
+    hints = get_type_hints(KernelSettings)
+    for key, raw in s.kernel_by_cells.items():
+        where = f"{src}: search.kernel_by_cells.{key}"
+        if isinstance(key, bool) or not str(key).isdigit():
+            raise ConfigError(f"{where}: the table name must be a cell count, e.g. [search.kernel_by_cells.8]")
+        cells = int(key)
+        if cells not in s.cells:
+            raise ConfigError(f"{where}: {cells} is not in search.cells = {list(s.cells)}; add it there "
+                              f"or remove the table (on the command line: --set search.kernel_by_cells={{}})")
+        if isinstance(raw, KernelSettings):
+            raw = dataclasses.asdict(raw)
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{where}: expected a table with keys {', '.join(KERNEL_KEYS)}, got {raw!r}")
+        unknown = sorted(set(raw) - set(KERNEL_KEYS))
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(KERNEL_KEYS)} "
+                              f"(every other search key applies to all cell counts)")
+        values = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in raw.items()}
+        settings = dataclasses.replace(KernelSettings(s.algorithm, s.inner_time, s.reg), **values)
+        problem = _kernel_problem(settings)
+        if problem:
+            raise ConfigError(f"{where}: {problem}")
+        resolved[cells] = settings
+    return cfg.replace("search", kernel_by_cells=resolved)
+
+
+# ----------------------------------------------------------------------------- late refusals
+
+
+def _augment_problem(cfg: ExperimentConfig, augment: str) -> str | None:
+    """What the training (and support) augmentation would refuse on this dataset's images,
+    found by running it on one blank image. Only `synthetic` has a configurable channel
+    count (option `channels`); the other datasets' images fit every registered recipe."""
+    if cfg.dataset.name != "synthetic":
+        return None
+    import torch
+
+    from trainers.augment import make_augment
+    from trainers.data import NORMALIZATION, SYNTHETIC_DEFAULTS
+
+    channels = cfg.dataset.options.get("channels", SYNTHETIC_DEFAULTS["channels"])
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+        return None  # the dataset loader names this problem itself
+    blank = torch.zeros(1, channels, 8, 8, dtype=torch.uint8)
+    try:
+        make_augment(augment, NORMALIZATION[cfg.dataset.name])(blank, torch.Generator().manual_seed(0))
+    except ValueError as exc:
+        return f"its augmentation {augment!r} refuses {channels}-channel images ({exc})"
+    return None
+
+
+def _refuse_late_failures(cfg: ExperimentConfig) -> None:
+    """Refuse now what the scorers, the trainer or the evaluator would refuse later.
+
+    Rule: no error may first appear after a search or a training has started. Mirrored here:
+    `trainers.rfs.TrainConfig` and `get_recipe` (built for every trial: recipe name, epochs,
+    lr, decay epochs, batch size, drop-path, seed >= 0), `trainers.fewshot.evaluate_model`
+    (support_augment >= 0; its augmentation is the training recipe's, always valid), the
+    scorer's MetaNTK (kernel_output "sum" only), and Tune's trial resources (> 0 CPUs).
+    """
+    from harness.trials import train_config_for
+
+    src, s, e = cfg.source, cfg.search, cfg.evaluate
+    if e.support_augment < 0:
+        raise ConfigError(f"{src}: evaluate.support_augment = {e.support_augment} must be >= 0 "
+                          f"(0 = plain support images; the paper uses 5 augmented copies)")
+    negative = [seed for seed in s.seeds if seed < 0]
+    if negative:
+        raise ConfigError(f"{src}: search.seeds contains {negative}; seeds also seed the trainings and must be >= 0")
+    for seed in s.seeds:
+        try:
+            train_config_for(cfg, seed)
+        except KeyError as exc:
+            raise ConfigError(f"{src}: train.recipe: {exc.args[0]}") from None
+        except ValueError as exc:
+            raise ConfigError(f"{src}: [train] (recipe {cfg.train.recipe or cfg.dataset.name!r} with its "
+                              f"overrides) is refused by the trainer: {exc}") from None
+    problem = _augment_problem(cfg, train_config_for(cfg, s.seeds[0]).augment)
+    if problem:
+        raise ConfigError(f"{src}: [train] recipe {cfg.train.recipe or cfg.dataset.name!r}: {problem}")
+    meta = [m for m in s.methods if "cn_meta" in PRUNING_METHODS.get(m, ())]
+    if s.kernel_output != "sum" and (meta or cfg.study.proxies):
+        users = ", ".join(meta) if meta else "study.proxies"
+        raise ConfigError(f"{src}: search.kernel_output = {s.kernel_output!r} works only for the plain NTK "
+                          f"(method tenas); {users} score(s) the MetaNTK, whose tasks address samples: "
+                          f"use kernel_output = \"sum\"")
+    if cfg.resources.candidate_batch < 0:
+        raise ConfigError(f"{src}: resources.candidate_batch = {cfg.resources.candidate_batch} must be >= 0 "
+                          f"(0 = the device's default)")
+    if s.kernel_output != "sum" and cfg.resources.candidate_batch > 1:
+        raise ConfigError(f"{src}: search.kernel_output = {s.kernel_output!r} is scored one candidate at a "
+                          f"time: set resources.candidate_batch = 1 (or kernel_output = \"sum\")")
+    if not cfg.resources.trial_cpus > 0:
+        raise ConfigError(f"{src}: resources.trial_cpus = {cfg.resources.trial_cpus} must be > 0")
 
 
 def _toml_value(value: Any) -> str:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
@@ -335,7 +532,7 @@ def _toml_value(value: Any) -> str:
 
 def to_toml(cfg: ExperimentConfig) -> str:
     """The resolved config as TOML text; `parse_config(tomllib.loads(text))` gives it back."""
-    lines = [f"# resolved from {cfg.source}"]
+    lines = [f"# resolved from {cfg.source}"] + [f"# --set {item}" for item in cfg.sets]
     for name in SECTIONS:
         lines.append(f"\n[{name}]")
         section = getattr(cfg, name)

@@ -47,10 +47,10 @@ class ScorerActor:
         kind = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
         return {"pid": os.getpid(), "label": self.label, "device_kind": kind}
 
-    def score(self, job: Job) -> tuple[str, list[tuple[Hashable, Score]]]:
+    def score(self, job: Job, batch: int = 0) -> tuple[str, list[tuple[Hashable, Score]]]:
         from harness.scoring import default_batch, score_job
 
-        return self.label, score_job(self._scorers, job, self.device, default_batch(self.device))
+        return self.label, score_job(self._scorers, job, self.device, batch or default_batch(self.device))
 
 
 def plan_workers(requested: int, gpus_per_worker: float) -> tuple[int, dict[str, float]]:
@@ -69,8 +69,10 @@ def plan_workers(requested: int, gpus_per_worker: float) -> tuple[int, dict[str,
 class ScorerPool:
     """A fixed set of `ScorerActor`s with bounded in-flight work per actor."""
 
-    def __init__(self, workers: int = 0, gpus_per_worker: float = 1.0) -> None:
+    def __init__(self, workers: int = 0, gpus_per_worker: float = 1.0, batch: int = 0) -> None:
+        # `batch`: candidates per kernel pass on each actor (0 = its device's default).
         self.size, self._options = plan_workers(workers, gpus_per_worker)
+        self.batch = batch
         self._actors = [self._new_actor(i) for i in range(self.size)]
         try:
             infos = ray.get([a.info.remote() for a in self._actors], timeout=START_TIMEOUT_S)
@@ -107,7 +109,7 @@ class ScorerPool:
                 if load[idx] >= IN_FLIGHT_PER_ACTOR:
                     break
                 job = pending.popleft()
-                inflight[self._actors[idx].score.remote(job)] = (job, idx)
+                inflight[self._actors[idx].score.remote(job, self.batch)] = (job, idx)
                 load[idx] += 1
             ready, _ = ray.wait(list(inflight), num_returns=1)
             for ref in ready:

@@ -317,11 +317,12 @@ def _freeze(value: Any) -> Any:
 def spec_from_config(cfg: Any, cells: int) -> ScoreSpec:
     """The `ScoreSpec` of one search of an `ExperimentConfig` (harness.config)."""
     d, s = cfg.dataset, cfg.search
+    k = s.kernel_for(cells)  # per-cell-count kernel settings (search.kernel_by_cells)
     return ScoreSpec(
         dataset=d.name, root=absolute_root(d.root), split=d.train_split,
         dataset_options=tuple(sorted((k, _freeze(v)) for k, v in d.options.items())), image_size=d.image_size, data_seed=cfg.experiment.seed,
         cells=cells, init_channels=s.init_channels, tasks=s.tasks, ways=s.ways, shots=s.shots, queries=s.queries,
-        kernel_image_size=s.kernel_image_size, algorithm=s.algorithm, inner_time=s.inner_time, reg=s.reg,
+        kernel_image_size=s.kernel_image_size, algorithm=k.algorithm, inner_time=k.inner_time, reg=k.reg,
         kernel_output=s.kernel_output, kernel_params=s.kernel_params, kernel_backend=s.kernel_backend,
         norm=s.norm, region_inputs=s.region_inputs, region_batches=s.region_batches,
         proxy_options=proxy_options_from_config(cfg),

@@ -4,7 +4,11 @@ All searches of an experiment (methods x seeds x cell counts) advance together: 
 collects the candidates of every active search, scores them on the shared `ScorerPool`,
 then ranks and prunes each search on its own (`harness.ranking`). Per round and repeat the
 origin net is scored once; candidates mask one more op. After 6 rounds every edge has one op;
-a final edge round scores removing each whole edge and keeps 2 inputs per node.
+then edge selection as the reference (`prune_func_rank_group`): per cell type (normal, then
+reduce) and node group with more than 2 input edges ((2,5), then (5,9)), one round scores
+removing each edge of that group against the current net, ranks the group on its own, keeps
+its 2 most important edges and prunes the rest; the next group is scored with those already
+pruned. So a pruning search has 6 + 4 = 10 rounds (the `rounds` column of `searches`).
 
 After each round the state of every search is checkpointed (`state/searches.json`, atomic)
 and the round's candidate rows are written under a deterministic key, so `resume=True`
@@ -33,9 +37,9 @@ from harness import store
 from harness.config import (FIXED_METHODS, GENOTYPE_METHOD_PREFIX, PROXY_MEASURE_PREFIX, PRUNING_METHODS,
                             ExperimentConfig, absolute_root, to_toml)
 from harness.errors import UserError
-from harness.ranking import (Candidate, EDGE_GROUPS, choose_edges, choose_prunes, mean_delta, oriented_delta,
-                             rank_candidates, relative_delta)
-from harness.scoring import N_EDGES, N_OPS, Job, Score, ScoreSpec, generator, spec_from_config
+from harness.ranking import (EDGE_GROUPS, Candidate, choose_prunes, keep_edges, oriented_delta,
+                             rank_candidates, ranking_mode, relative_delta)
+from harness.scoring import N_CELL_TYPES, N_EDGES, N_OPS, Job, Score, ScoreSpec, generator, spec_from_config
 
 STATE_FILE = "state/searches.json"
 CELL_NAMES = ("normal", "reduce")
@@ -133,9 +137,35 @@ def op_candidates(masks: np.ndarray) -> list[tuple[int, int, int]]:
             for o in range(N_OPS) if masks[c, e, o]]
 
 
-def edge_candidates() -> list[tuple[int, int, int]]:
-    """Edges of nodes with more than 2 inputs (node 1: 2..4, node 2: 5..8); op = -1."""
-    return [(c, e, -1) for c in range(2) for lo, hi in EDGE_GROUPS if hi - lo > 2 for e in range(lo, hi)]
+KEEP_EDGES = 2  # inputs per intermediate node of a DARTS cell
+# Rounds of a pruning search: 6 op rounds (7 ops -> 1 per edge), then one per node group with
+# more than 2 inputs in each cell type (groups (2,5) and (5,9), normal and reduce).
+SEARCH_ROUNDS = (N_OPS - 1) + N_CELL_TYPES * sum(1 for lo, hi in EDGE_GROUPS if hi - lo > KEEP_EDGES)
+
+
+def active_edges(masks: np.ndarray, cell_type: int, lo: int = 0, hi: int = N_EDGES) -> list[int]:
+    """Edges in [lo, hi) of one cell type that still have an op."""
+    return [e for e in range(lo, hi) if masks[cell_type, e].any()]
+
+
+def next_edge_group(masks: np.ndarray) -> tuple[int, int, int] | None:
+    """The next (cell_type, lo, hi) of edge selection: the first node group, cell types in
+    order normal then reduce, that still has more than 2 input edges; None when done.
+    Derived from the masks alone, so a resumed search continues with the right group."""
+    for c in range(N_CELL_TYPES):
+        for lo, hi in EDGE_GROUPS:
+            if len(active_edges(masks, c, lo, hi)) > KEEP_EDGES:
+                return c, lo, hi
+    return None
+
+
+def edge_candidates(masks: np.ndarray) -> list[tuple[int, int, int]]:
+    """Removal of each remaining edge of the next node group (op = -1: the whole edge)."""
+    group = next_edge_group(masks)
+    if group is None:
+        return []
+    c, lo, hi = group
+    return [(c, e, -1) for e in active_edges(masks, c, lo, hi)]
 
 
 def pruned(masks: np.ndarray, cand: tuple[int, int, int]) -> np.ndarray:
@@ -148,13 +178,14 @@ def pruned(masks: np.ndarray, cand: tuple[int, int, int]) -> np.ndarray:
     return out
 
 
-def genotype_from_masks(masks: np.ndarray, kept: dict[int, tuple[int, ...]]):
+def genotype_from_masks(masks: np.ndarray):
+    """The genotype of fully pruned masks: one op on each of the 2 kept edges per node."""
     from search_spaces.genotypes import Genotype
     from search_spaces.ops import PRIMITIVES
 
     def edges(c: int) -> dict[int, str]:
         out = {}
-        for e in kept[c]:
+        for e in active_edges(masks, c):
             ops = np.flatnonzero(masks[c, e])
             if len(ops) != 1:
                 raise RuntimeError(f"edge {e} of {CELL_NAMES[c]} cell has {len(ops)} ops at edge selection")
@@ -171,7 +202,7 @@ def config_digest(cfg: ExperimentConfig) -> str:
     absolute spelling of the same folder) resume the same run.
     """
     cfg = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, root=absolute_root(cfg.dataset.root)),
-                              resources=type(cfg.resources)(), source="")
+                              resources=type(cfg.resources)(), source="", sets=())
     text = to_toml(cfg)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -258,6 +289,7 @@ def run_searches(cfg: ExperimentConfig, pool: Any, *, resume: bool = False, stop
         SearchState(p.search_id, p.method, p.seed, p.cells) for p in plans]
     by_id = {p.search_id: p for p in plans}
     specs: dict[int, ScoreSpec] = {c: spec_from_config(cfg, c) for c in cfg.search.cells}
+    mode = ranking_mode(cfg.search.ranking)
     for s in states:
         if s.stage != "done" and s.method not in PRUNING_METHODS:
             s.genotype = fixed_genotype(by_id[s.search_id], cfg.experiment.seed).to_str()
@@ -265,8 +297,9 @@ def run_searches(cfg: ExperimentConfig, pool: Any, *, resume: bool = False, stop
     _save_state(results_dir, digest, states)
     repeats = cfg.search.repeats
     # One bar per pruning search, counting scored networks (candidates + origins, x repeats);
-    # tqdm's rate is then candidates/s. Total: 126+108+90+72+54+36 op candidates, 14 edges, 7 origins.
-    total = (sum(range(36, 127, 18)) + 14 + 7) * repeats
+    # tqdm's rate is then candidates/s. Total: 126+108+90+72+54+36 op candidates, 3+4+3+4 edges,
+    # and one origin per round.
+    total = (sum(range(36, 127, 18)) + 14 + SEARCH_ROUNDS) * repeats
     bars = search_bars([s for s in states if s.method in PRUNING_METHODS], total, progress)
     while True:
         active = [s for s in states if s.stage in ("ops", "edges")]
@@ -276,7 +309,7 @@ def run_searches(cfg: ExperimentConfig, pool: Any, *, resume: bool = False, stop
         jobs, cands_of = [], {}
         for s in active:
             masks = np.array(s.masks, dtype=bool)
-            cands = op_candidates(masks) if s.stage == "ops" else edge_candidates()
+            cands = op_candidates(masks) if s.stage == "ops" else edge_candidates(masks)
             cands_of[s.search_id] = cands
             measures = METHOD_MEASURES[s.method]
             items: list[tuple[Hashable, np.ndarray]] = [((s.search_id, "origin"), masks)]
@@ -316,23 +349,24 @@ def run_searches(cfg: ExperimentConfig, pool: Any, *, resume: bool = False, stop
                 def delta(m: str | None) -> float | None:
                     if m is None or m not in measures:
                         return None
-                    return mean_delta([measure_delta(m, o, p) for o, p in zip(origin[m], vals[m])])
+                    return mode.aggregate([measure_delta(m, o, p) for o, p in zip(origin[m], vals[m])])
 
                 deltas.append(Candidate(cand[0], cand[1], cand[2], delta(cn_name), delta("rn")))
                 secs[cand] = float(sum(scores[((sid, cand), r)].seconds for r in range(repeats)))
                 wk[cand] = workers[(sid, cand)]
-            ranked = rank_candidates(deltas, decimals=3 if cfg.search.round_deltas else None)
+            ranked = rank_candidates(deltas, mode=cfg.search.ranking)
             if s.stage == "ops":
                 chosen = choose_prunes(ranked)
                 removed = {(c.cell_type, c.edge, c.op) for c in chosen.values()}
-                for cand in removed:
-                    masks = pruned(masks, cand)
-                if masks.sum(axis=2).max() == 1:
-                    s.stage = "edges"
-            else:
-                kept = choose_edges(ranked)
-                removed = {cand for cand in cands_of[sid] if cand[1] not in kept[cand[0]]}
-                s.genotype = genotype_from_masks(masks, kept).to_str()
+            else:  # one node group: keep its 2 most important edges
+                kept = keep_edges(ranked, KEEP_EDGES)
+                removed = {cand for cand in cands_of[sid] if cand[1] not in kept}
+            for cand in removed:
+                masks = pruned(masks, cand)
+            if s.stage == "ops" and masks.sum(axis=2).max() == 1:
+                s.stage = "edges"
+            elif s.stage == "edges" and next_edge_group(masks) is None:
+                s.genotype = genotype_from_masks(masks).to_str()
                 s.stage = "done"
             rows = _candidate_rows(cfg, s, cfg.dataset.name, s.round + 1, ranked, raw, origin, cn_name, removed,
                                    wk, secs)
@@ -344,7 +378,8 @@ def run_searches(cfg: ExperimentConfig, pool: Any, *, resume: bool = False, stop
             s.wall_seconds += wall
             s.workers |= set().union(*wk.values()) if wk else set()
             if sid in bars and not isinstance(bars[sid], LineProgress):
-                bars[sid].set_description(f"{sid} round {min(s.round + 1, 7)}/7", refresh=False)
+                bars[sid].set_description(f"{sid} round {min(s.round + 1, SEARCH_ROUNDS)}/{SEARCH_ROUNDS}",
+                                          refresh=False)
         _save_state(results_dir, digest, states)
         if stop_after_round is not None and all(s.round >= stop_after_round for s in active):
             for bar in bars.values():
@@ -373,6 +408,7 @@ def _finish(cfg: ExperimentConfig, states: list[SearchState], by_id: dict[str, S
             "workers": pool_size if s.method in PRUNING_METHODS else 0,
             "device_kind": device_kind if s.method in PRUNING_METHODS else "none",
             "params": network_params(cfg, genotype, s.cells),
+            **kernel_columns(cfg, s.method, s.cells),
         }
         store.write_rows(results_dir, "searches", s.search_id, [row])
         try:
@@ -383,6 +419,16 @@ def _finish(cfg: ExperimentConfig, states: list[SearchState], by_id: dict[str, S
                 warned = True
         rows.append(row)
     return rows
+
+
+def kernel_columns(cfg: ExperimentConfig, method: str, cells: int) -> dict[str, Any]:
+    """The `searches` columns algorithm / inner_time / reg: the MetaNTK settings a search with
+    `cells` cells scored with; "ntk" for the plain NTK; "" and NaN when it scored no kernel."""
+    measures = PRUNING_METHODS.get(method, ())
+    if "cn_meta" in measures:
+        k = cfg.search.kernel_for(cells)
+        return {"algorithm": k.algorithm, "inner_time": k.inner_time, "reg": k.reg}
+    return {"algorithm": "ntk" if "cn_ntk" in measures else "", "inner_time": math.nan, "reg": math.nan}
 
 
 def network_params(cfg: ExperimentConfig, genotype: Any, cells: int) -> int:

@@ -66,6 +66,9 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("search_id", _STR), ("genotype", _STR), ("rounds", _I32), ("candidates", _I64),
         ("wall_seconds", _F64), ("device_seconds", _F64), ("workers", _I32),
         ("device_kind", _STR), ("params", _I64),
+        # The MetaNTK settings the search ran with ("" / NaN when it scored no MetaNTK; "ntk"
+        # for the plain NTK of tenas).
+        ("algorithm", _STR), ("inner_time", _F64), ("reg", _F64),
     ),
     # One row per trained and evaluated architecture (a Ray Tune trial).
     "trials": _schema(

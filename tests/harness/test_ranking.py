@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from harness.ranking import (Candidate, choose_edges, choose_prunes, dense_rank, mean_delta, rank_candidates,
+from harness.ranking import (Candidate, choose_prunes, dense_rank, keep_edges, mean_delta, rank_candidates,
                              relative_delta)
 
 
@@ -70,25 +70,22 @@ def test_one_measure_methods_rank_only_that_measure():
         rank_candidates([Candidate(0, 0, 0, None, 0.3), Candidate(0, 0, 1, 0.2, 0.1)])
 
 
-def test_rounding_creates_ties_only_when_asked():
+def test_exact_mode_does_not_round():
     cands = [Candidate(0, 0, 0, 0.12341, None), Candidate(0, 0, 1, 0.12339, None)]
     assert [c.rank_cn for c in rank_candidates(cands)] == [1, 2]
-    assert [c.rank_cn for c in rank_candidates(cands, decimals=3)] == [1, 1]
 
 
-def test_choose_edges_keeps_two_per_node():
-    cands = []
-    for cell in (0, 1):
-        for edge, imp in zip(range(2, 9), [5, 1, 3, 2, 9, 4, 7]):
-            cands.append(Candidate(cell, edge, -1, float(imp), None))
-    ranked = rank_candidates(cands)
-    kept = choose_edges(ranked)
-    # A big CN drop when an edge is removed = rank 1 = unimportant; keep the 2 most important.
-    # node 1 (edges 2,3,4): deltas 5,1,3 -> keep 3 and 4; node 2 (5..8): 2,9,4,7 -> keep 5 and 7.
-    assert kept[0] == (0, 1, 3, 4, 5, 7)
-    assert kept[0] == kept[1]
+def test_keep_edges_keeps_the_two_most_important_of_a_group():
+    # node 2 (edges 5..8): CN drops 2, 9, 4, 7 when removed; a big drop = rank 1 = unimportant.
+    ranked = rank_candidates([Candidate(0, e, -1, float(d), None) for e, d in zip(range(5, 9), [2, 9, 4, 7])])
+    assert keep_edges(ranked) == (5, 7)
+    # Exact-mode tie: the lower edge index is kept.
+    tie = rank_candidates([Candidate(1, e, -1, 0.5, None) for e in (2, 3, 4)])
+    assert keep_edges(tie) == (2, 3)
 
 
-def test_choose_edges_requires_every_edge_scored():
-    with pytest.raises(ValueError, match="not scored"):
-        choose_edges([Candidate(0, 2, -1, 0.1, None)])
+def test_keep_edges_refuses_a_mixed_or_short_group():
+    with pytest.raises(ValueError, match="both cell types"):
+        keep_edges(rank_candidates([Candidate(0, 2, -1, 0.1, None), Candidate(1, 3, -1, 0.2, None)]))
+    with pytest.raises(ValueError, match="cannot keep 2"):
+        keep_edges(rank_candidates([Candidate(0, 2, -1, 0.1, None)]))

@@ -38,6 +38,7 @@ def search(method: str, seed: int, device_seconds: float, *, cells: int = 5,
         "cells": cells, "search_id": f"{dataset}-{method}-s{seed}-c{cells}", "genotype": "g",
         "rounds": 6, "candidates": 500, "wall_seconds": 2 * device_seconds,
         "device_seconds": device_seconds, "workers": 2, "device_kind": "cpu", "params": 1,
+        "algorithm": "maml", "inner_time": float("inf"), "reg": 1e-3,
     }
 
 

@@ -1,6 +1,7 @@
 """The pruning driver on a tiny supernet: validity, determinism across workers, kills, resume."""
 from __future__ import annotations
 
+import math
 import os
 import signal
 
@@ -75,22 +76,34 @@ def test_smoke_search_reaches_a_valid_genotype_in_6_rounds(baseline):
     by_method = {r["method"]: r for r in rows}
     g = Genotype.from_str(by_method["metantk"]["genotype"])  # validates
     assert len(g.normal) == 3 and len(g.reduce) == 3
-    assert by_method["metantk"]["rounds"] == 7  # 6 pruning rounds + edge selection
+    assert by_method["metantk"]["rounds"] == 10  # 6 pruning rounds + 4 node groups of edge selection
     assert by_method["random"]["rounds"] == 0
     cands = store.read_table(cfg.results_dir, "candidates")
     per_round = cands.groupby("round").size().to_dict()
-    assert per_round == {1: 126, 2: 108, 3: 90, 4: 72, 5: 54, 6: 36, 7: 14}
+    # Edge selection, one node group per round: normal (2,5), (5,9), then reduce (2,5), (5,9).
+    assert per_round == {1: 126, 2: 108, 3: 90, 4: 72, 5: 54, 6: 36, 7: 3, 8: 4, 9: 3, 10: 4}
+    groups = cands[cands["round"] > 6].groupby("round").agg(cell=("cell_type", "unique"), edges=("edge", "unique"))
+    assert [(list(r.cell), sorted(r.edges)) for r in groups.itertuples()] == [
+        (["normal"], [2, 3, 4]), (["normal"], [5, 6, 7, 8]), (["reduce"], [2, 3, 4]), (["reduce"], [5, 6, 7, 8])]
     # One op pruned per edge per round, and the scores are real numbers.
     pruned = cands[(cands["pruned"]) & (cands["round"] <= 6)].groupby(["round", "cell_type", "edge"]).size()
     assert (pruned == 1).all() and len(pruned) == 6 * 18
     assert np.isfinite(cands["rn_pruned"]).all() and (cands["cn_origin"] >= 1).all()
     # Edge selection keeps 2 inputs per node: 3 of the 7 candidate edges dropped per cell type.
-    assert cands[(cands["round"] == 7)].groupby("cell_type")["pruned"].sum().to_dict() == {"normal": 3, "reduce": 3}
+    assert cands[(cands["round"] > 6)].groupby("cell_type")["pruned"].sum().to_dict() == {"normal": 3, "reduce": 3}
+    assert searches_kernel(cfg) == {"metantk": ("maml", math.inf, 1e-3), "random": ("", None, None)}
     searches = store.read_table(cfg.results_dir, "searches")
     assert sorted(searches["method"]) == ["metantk", "random"]
     for sid in searches["search_id"]:
         assert (cfg.results_dir / "cells" / f"{sid}_normal.svg").is_file()
         assert (cfg.results_dir / "cells" / f"{sid}_reduce.svg").is_file()
+
+
+def searches_kernel(cfg) -> dict:
+    """The kernel columns of the searches table per method (NaN as None)."""
+    df = store.read_table(cfg.results_dir, "searches")
+    return {r.method: (r.algorithm, None if math.isnan(r.inner_time) else r.inner_time,
+                       None if math.isnan(r.reg) else r.reg) for r in df.itertuples()}
 
 
 class KillingPool:
