@@ -8,9 +8,42 @@ arguments (the cluster decides). Resources for actors and trials are derived fro
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 
 import ray
+
+from harness.errors import UserError
+
+
+# Seconds to wait for a TCP connection to a cluster address before calling it unreachable.
+CONNECT_TIMEOUT_S = 5.0
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of an address like `10.0.0.1:6379` or `ray://head:10001`; None for `auto`,
+    `local` and anything without a port (Ray resolves those itself)."""
+    rest = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = rest.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """UserError in at most `timeout` seconds if nothing listens at `address`'s host:port.
+
+    Ray itself retries an unreachable address for minutes (and ignores Ctrl-C meanwhile);
+    one bounded TCP connect tells a typo or a stopped cluster apart up front.
+    """
+    target = _host_port(address)
+    if target is None:
+        return
+    try:
+        socket.create_connection(target, timeout=timeout).close()
+    except OSError as exc:
+        raise UserError(f"cannot reach a Ray cluster at {address} ({exc.strerror or exc}); check the address, "
+                        f"start the cluster (`ray start --head`), or leave out --address to run a local Ray") from None
 
 
 def ensure_ray(address: str = "", num_cpus: int = 0, *, object_store_mb: int = 0) -> dict[str, float]:
@@ -18,7 +51,12 @@ def ensure_ray(address: str = "", num_cpus: int = 0, *, object_store_mb: int = 0
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS", "")
         if address:
-            ray.init(address=address, log_to_driver=True)
+            check_reachable(address)
+            try:
+                ray.init(address=address, log_to_driver=True)
+            except ConnectionError as exc:  # e.g. `auto` with no cluster on this machine
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise UserError(f"cannot attach to Ray at {address!r}: {first}") from None
         else:
             # A throwaway local cluster needs no auth token (Ray 2.60 creates one otherwise).
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")

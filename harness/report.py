@@ -606,6 +606,9 @@ def build_report(results_dir: str | os.PathLike[str], *, n_boot: int = 1000,
     """
     layout = store.results_layout(results_dir)
     root = layout.root
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"{root} is a file, not a results folder; pass the folder `metantk-nas run` "
+                                 "writes (results/<experiment>), not a file inside it")
     if not root.is_dir():
         raise FileNotFoundError(f"results folder {root} does not exist; run `metantk-nas run "
                                 "EXPERIMENT.toml` first and pass the folder it writes "

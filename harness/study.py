@@ -391,13 +391,7 @@ def plot_proxies(frame: Any, path: Path, *, n_boot: int = 1000, seed: int = 0, t
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80)
     plt.close(fig)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_bytes_atomic(path, buffer.getvalue())
+    store.write_bytes_atomic(path, buffer.getvalue())
     return path
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Temp file beside `path`, then rename (a reader never sees half a PNG)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -107,8 +108,7 @@ def ensure_episode_lists(cfg: ExperimentConfig) -> list[Path]:
                                    **cfg.dataset.options)
             episodes = sample_episodes(split.labels, ways=e.ways, shots=shots, queries=e.queries, count=e.episodes,
                                        seed=cfg.experiment.seed * 1000 + shots)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            episodes.save(path)
+            store.write_atomic(path, episodes.write)
         paths.append(path)
     return paths
 
@@ -274,10 +274,8 @@ def run_trial(config: dict[str, Any], specs: dict[str, dict[str, Any]]) -> None:
         result = pretrain(model, split, train_cfg, device=device, checkpoint_dir=work, on_epoch=on_epoch,
                           progress=False, metadata=meta)
         model_path = Path(spec.results_dir) / MODEL_DIR / f"{spec.trial_id}.pt"
-        model_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = model_path.with_suffix(".pt.tmp")
-        torch.save({**meta, "model": model.state_dict(), "train_config": spec.train}, tmp)
-        tmp.replace(model_path)
+        payload = {**meta, "model": model.state_dict(), "train_config": spec.train}
+        store.write_atomic(model_path, lambda handle: torch.save(payload, handle))
 
         test_split = load_split(spec.dataset, spec.root or None, spec.eval_split, image_size=spec.image_size or None,
                                 seed=spec.data_seed, **spec.dataset_options)
@@ -321,17 +319,18 @@ def _specs_digest(specs: list[TrialSpec]) -> str:
 def run_trials(cfg: ExperimentConfig, specs: list[TrialSpec], *, verbose: int = 1) -> list[str]:
     """Run the missing trials under Tune; returns the trial ids that have rows afterwards.
 
-    A rerun with the same specs restores the Tune experiment (finished trials do no work);
-    if every trial already has its rows, Tune is not started at all.
+    The Parquet tables decide what is done: unreadable `trials`/`episodes` files are set
+    aside first, and a trial counts as done only with both its rows. A rerun with the same
+    specs restores the Tune experiment (finished trials do no work); if every trial already
+    has its rows, Tune is not started at all.
     """
     from ray import tune
 
     from harness.ray_session import ensure_ray, trial_resources
 
-    done = set(store.read_table(cfg.results_dir, "trials")["trial_id"]) if store.table_files(
-        cfg.results_dir, "trials") else set()
-    if all(s.trial_id in done for s in specs):
-        return sorted(done)
+    report_set_aside(store.set_aside_unreadable(cfg.results_dir, ("trials", "episodes")))
+    if not missing_trials(cfg.results_dir, specs):
+        return sorted(finished_trials(cfg.results_dir))
     ensure_episode_lists(cfg)
     cluster = ensure_ray(cfg.resources.address, cfg.resources.num_cpus)
     labels = {trial_label(s): asdict(s) for s in specs}
@@ -342,25 +341,69 @@ def run_trials(cfg: ExperimentConfig, specs: list[TrialSpec], *, verbose: int = 
     storage = (cfg.results_dir / "tune").resolve()
     name = f"trials-{_specs_digest(specs)}"
     path = storage / name
-    if tune.Tuner.can_restore(str(path)):
-        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            # The grid runs over short trial labels, so Tune's status table shows one short
-            # `trial` column; the specs travel through `tune.with_parameters`.
-            param_space={"trial": tune.grid_search(list(labels))},
-            tune_config=tune.TuneConfig(num_samples=1),
-            run_config=tune.RunConfig(
-                name=name, storage_path=str(storage), verbose=verbose,
-                failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            ),
-        )
     started = time.perf_counter()
+    # Tune restores its experiment (interrupted trials resume from their last epoch). Its
+    # bookkeeping may call a trial finished whose rows were deleted or set aside since: then
+    # that experiment folder is moved aside and only the trials without rows run again.
+    _fit(_tuner(cfg, trainable, labels, storage, name, verbose), cfg, path, started)
+    missing = missing_trials(cfg.results_dir, specs)
+    if missing:
+        stale = path.with_name(f"{name}.stale-{time.time_ns()}")
+        path.rename(stale)
+        print(f"warning: Tune's record {stale.name} called {len(missing)} trial(s) finished that have no rows "
+              f"({', '.join(sorted(missing)[:3])}); moved it aside and running them again", file=sys.stderr)
+        again = {label: d for label, d in labels.items() if d["trial_id"] in missing}
+        _fit(_tuner(cfg, trainable, again, storage, name, verbose), cfg, path, started)
+        missing = missing_trials(cfg.results_dir, specs)
+        if missing:  # a finished trainable always writes its rows: a programming error
+            raise RuntimeError(f"trials {sorted(missing)} finished without writing rows under {cfg.results_dir}")
+    return sorted(finished_trials(cfg.results_dir))
+
+
+def finished_trials(results_dir: Path) -> set[str]:
+    """Trial ids with both their `trials` row and their `episodes` rows on disk."""
+    def ids(table: str) -> set[str]:
+        return set(store.read_table(results_dir, table)["trial_id"]) if store.table_files(results_dir, table) else set()
+
+    return ids("trials") & ids("episodes")
+
+
+def missing_trials(results_dir: Path, specs: list[TrialSpec]) -> set[str]:
+    """Ids of `specs` whose rows are not (all) on disk: the work left to do."""
+    return {s.trial_id for s in specs} - finished_trials(results_dir)
+
+
+def report_set_aside(moved: list[tuple[Path, Path, str]]) -> None:
+    """One warning line per file `store.set_aside_unreadable` moved."""
+    for old, new, reason in moved:
+        print(f"warning: {old} is unreadable ({reason}); moved to {new}, its rows are recomputed", file=sys.stderr)
+
+
+def _tuner(cfg: ExperimentConfig, trainable: Any, labels: dict[str, dict[str, Any]], storage: Path, name: str,
+           verbose: int) -> Any:
+    """Restore Tune's experiment `storage/name`, or start one over the trials `labels`."""
+    from ray import tune
+
+    path = storage / name
+    if tune.Tuner.can_restore(str(path)):
+        return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+    return tune.Tuner(
+        trainable,
+        # The grid runs over short trial labels, so Tune's status table shows one short
+        # `trial` column; the specs travel through `tune.with_parameters`.
+        param_space={"trial": tune.grid_search(list(labels))},
+        tune_config=tune.TuneConfig(num_samples=1),
+        run_config=tune.RunConfig(
+            name=name, storage_path=str(storage), verbose=verbose,
+            failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+
+
+def _fit(tuner: Any, cfg: ExperimentConfig, path: Path, started: float) -> None:
     grid = tuner.fit()
     errors = [r.error for r in grid if r.error is not None]
     if errors:
         raise RuntimeError(f"{len(errors)} trial(s) failed after {cfg.resources.max_failures} retries "
                            f"({time.perf_counter() - started:.0f}s); first error: {errors[0]}; logs under {path}")
-    return sorted(set(store.read_table(cfg.results_dir, "trials")["trial_id"]))
