@@ -60,9 +60,9 @@ def results_folder(cfg: Any, args: argparse.Namespace, *, search: bool, train: b
 
     In order, before anything is written: the up-front checks (`harness.preflight`:
     writable folder, methods, recipe, dataset contents, memory estimates); the folder's lock
-    (a second command on it exits 2); `--fresh` moves old results aside; unreadable Parquet
-    files are set aside so their rows are recomputed; a saved search state of another
-    config is refused (when resuming) before the resolved config overwrites `config.toml`.
+    (a second command on it exits 2); `--fresh` moves old results aside; a saved search
+    state of another config is refused (when resuming); unreadable Parquet files are set
+    aside so their rows are recomputed; only then the resolved config is written.
     """
     from harness import store
     from harness.preflight import preflight
@@ -76,9 +76,9 @@ def results_folder(cfg: Any, args: argparse.Namespace, *, search: bool, train: b
             moved = move_aside(cfg.results_dir)
             if moved is not None:
                 print(f"--fresh: previous results moved to {moved}", file=sys.stderr)
-        report_set_aside(store.set_aside_unreadable(cfg.results_dir))
         if search and resume:
             check_resumable(cfg)
+        report_set_aside(store.set_aside_unreadable(cfg.results_dir))
         write_run_metadata(cfg)
         yield
 

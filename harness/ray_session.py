@@ -65,6 +65,11 @@ def ensure_ray(address: str = "", num_cpus: int = 0, *, object_store_mb: int = 0
             if object_store_mb:
                 kwargs["object_store_memory"] = object_store_mb * 1024 * 1024
             ray.init(**kwargs)
+            # The raylet's dashboard and runtime-env agents outlive a SIGKILLed driver by
+            # minutes: a detached watcher ends them (harness.ray_reaper).
+            from harness.ray_reaper import start_for_current_process
+
+            start_for_current_process()
     return dict(ray.cluster_resources())
 
 

@@ -431,5 +431,5 @@ def set_aside_unreadable(results_dir: str | os.PathLike[str],
                 target = Path(results_dir) / UNREADABLE_DIR / table / f"{path.name}.{time.time_ns()}"
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(path, target)
-                moved.append((path, target, _first_line(exc)))
+                moved.append((path, target, _first_line(exc).removeprefix(f"{path}: ")))
     return moved

@@ -402,8 +402,15 @@ def _tuner(cfg: ExperimentConfig, trainable: Any, labels: dict[str, dict[str, An
 
 
 def _fit(tuner: Any, cfg: ExperimentConfig, path: Path, started: float) -> None:
+    """`tuner.fit()`; RuntimeError if a trial failed for good, KeyboardInterrupt if Tune stopped early.
+
+    On Ctrl-C Tune saves its state and returns from `fit` as if it had finished; without
+    the check the command would carry on (and take the unfinished trials for lost rows).
+    """
     grid = tuner.fit()
     errors = [r.error for r in grid if r.error is not None]
     if errors:
         raise RuntimeError(f"{len(errors)} trial(s) failed after {cfg.resources.max_failures} retries "
                            f"({time.perf_counter() - started:.0f}s); first error: {errors[0]}; logs under {path}")
+    if any(not (r.metrics or {}).get("done") for r in grid):
+        raise KeyboardInterrupt(f"Tune stopped before every trial finished; rerun the same command to resume")
