@@ -111,7 +111,7 @@ def _load(cfg: ExperimentConfig, split: str) -> Any:
     try:
         return load_split(d.name, d.root or None, split, image_size=d.image_size or None, seed=cfg.experiment.seed,
                           **d.options)
-    except (DatasetError, TypeError) as exc:  # TypeError: a loader given an unknown keyword
+    except (DatasetError, ValueError, TypeError) as exc:  # TypeError: an unknown keyword; ValueError: a bad option value
         raise ConfigError(f"{cfg.source}: [dataset] {d.name}: {exc}") from None
 
 

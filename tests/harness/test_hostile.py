@@ -378,3 +378,107 @@ def test_an_unreadable_file_is_set_aside_and_the_other_rows_kept(tmp_path: Path)
     assert "not a readable Parquet file" in reason
     assert good.is_file() and list(store.read_table(tmp_path, "episodes")["trial_id"]) == ["trial_id-0"]
     assert store.set_aside_unreadable(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------- slow: end to end
+
+
+@pytest.mark.slow
+def test_deleted_or_corrupt_rows_are_recomputed_and_the_report_is_complete(tmp_path: Path, ray_session,
+                                                                           capsys) -> None:
+    """Before: after a deleted `trials/*.parquet`, `run` restored the finished Tune experiment,
+    trained nothing, exited 0 and the report lacked the row, on every rerun."""
+    from harness import store
+    from harness.report import build_report
+    from harness.search import run_searches
+    from harness.trials import run_trials, trial_specs
+
+    cfg = parse_config({**TINY, "experiment": {"name": "tiny", "seed": 1, "out": str(tmp_path)}})
+    specs = trial_specs(cfg, run_searches(cfg, None, progress=False))
+    a, b = (s.trial_id for s in specs)
+    run_trials(cfg, specs, verbose=0)
+    first = store.read_table(cfg.results_dir, "trials").set_index("trial_id")
+
+    def stamp(trial: str) -> tuple[int, int]:
+        return tuple(store.table_path(cfg.results_dir, t, trial).stat().st_mtime_ns for t in ("trials", "episodes"))
+
+    # A's trial row deleted: A is trained again, B is left alone.
+    kept = stamp(b)
+    store.table_path(cfg.results_dir, "trials", a).unlink()
+    assert run_trials(cfg, specs, verbose=0) == sorted([a, b])
+    assert stamp(b) == kept
+    assert "called 1 trial(s) finished that have no rows" in capsys.readouterr().err
+    # B's episode rows truncated: set aside (kept, not deleted), B recomputed, A left alone.
+    kept = stamp(a)
+    episodes = store.table_path(cfg.results_dir, "episodes", b)
+    episodes.write_bytes(episodes.read_bytes()[:100])
+    assert run_trials(cfg, specs, verbose=0) == sorted([a, b])
+    assert stamp(a) == kept
+    assert len(list((cfg.results_dir / "unreadable" / "episodes").iterdir())) == 1
+    again = store.read_table(cfg.results_dir, "trials").set_index("trial_id")
+    # Deterministic trials: the recomputed rows equal the first ones.
+    cols = ["genotype", "params", "acc_1shot", "acc_5shot", "final_loss"]
+    assert again.loc[[a, b], cols].equals(first.loc[[a, b], cols])
+    assert len(store.read_table(cfg.results_dir, "episodes")) == 2 * 2 * 6
+    report = build_report(cfg.results_dir, n_boot=10, seed=0).markdown
+    assert "metanas" in report and "random" in report
+
+
+def _python(code: str, *args: str, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}
+    return subprocess.Popen([sys.executable, "-c", code, *args], env=env, text=True, **kwargs)
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_training_ends_the_command(tmp_path: Path) -> None:
+    """Before: Tune caught the SIGINT, returned as if finished, and the command carried on."""
+    path = write_experiment(tmp_path / "e.toml", tmp_path / "results", train={"epochs": 400})
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(path), "--no-progress", "--num-cpus", "2"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    tune_dir = tmp_path / "results" / "tiny" / "tune"
+    try:
+        deadline = time.monotonic() + 240
+        while not any(tune_dir.glob("*/run_trial*/checkpoint_*")) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.5)
+        assert any(tune_dir.glob("*/run_trial*/checkpoint_*")), "training never started"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    assert proc.returncode == 130, err[-2000:]
+    assert "metantk-nas run: interrupted" in err
+    assert not (tmp_path / "results" / "tiny" / "trials").exists()  # no trial pretended to finish
+
+
+@pytest.mark.slow
+def test_a_sigkilled_driver_leaves_no_ray_agents(tmp_path: Path) -> None:
+    """Before: the raylet's dashboard and runtime-env agents outlived a SIGKILLed driver by minutes."""
+    from harness.ray_reaper import descendants, looks_like_ray, parent_map, start_time
+
+    code = ("import os, time\nfrom harness.ray_session import ensure_ray\nensure_ray('', 1, object_store_mb=80)\n"
+            "print('ready', flush=True)\ntime.sleep(300)\n")
+    proc = _python(code, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 30
+        agents: dict[int, str | None] = {}
+        while time.monotonic() < deadline:  # the raylet starts its agents right after init
+            agents = {p: start_time(p) for p in descendants(proc.pid, parent_map()) if looks_like_ray(p)}
+            if any(b"Agent" in Path(f"/proc/{p}/cmdline").read_bytes() for p in agents if start_time(p)):
+                break
+            time.sleep(0.5)
+        assert agents, "no Ray processes under the driver"
+        time.sleep(2)  # the watcher polls every second
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    deadline = time.monotonic() + 45
+    alive = list(agents)
+    while alive and time.monotonic() < deadline:
+        alive = [p for p, started in agents.items() if started is not None and start_time(p) == started]
+        time.sleep(0.5)
+    assert alive == [], [Path(f"/proc/{p}/cmdline").read_bytes()[:60] for p in alive]
