@@ -79,6 +79,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from trainers.episodes import sample_episodes
     from trainers.fewshot import evaluate_model, mean_confidence_interval
 
+    from harness.preflight import check_memory, episode_bytes, machine_memory_bytes
+
+    check_memory({"the episode arrays (--episodes, --ways, --shots, --queries)": episode_bytes(
+        args.episodes, args.ways, args.shots, args.queries)}, machine_memory_bytes())
     # Read as data (weights_only): a model file never runs code.
     ckpt = read_model_file(args.checkpoint)
     model = build_network(ckpt["genotype"], ckpt["channels"], ckpt["num_classes"], ckpt["cells"], ckpt["in_channels"])

@@ -171,10 +171,14 @@ def memory_estimates(cfg: ExperimentConfig, *, in_channels: int, n_classes: int,
                                                 in_channels=in_channels))
         out["the trained network (train.init_channels or search.init_channels, cells)"] = (
             4 * params * _TRAIN_PARAM_COPIES)
-        indices = e.episodes * e.ways * (max(e.shots) + e.queries)
-        out["the evaluation episode arrays (evaluate.episodes, ways, shots, queries)"] = (
-            indices * _EPISODE_BYTES_PER_INDEX)
+        out["the evaluation episode arrays (evaluate.episodes, ways, shots, queries)"] = episode_bytes(
+            e.episodes, e.ways, max(e.shots), e.queries)
     return out
+
+
+def episode_bytes(episodes: int, ways: int, shots: int, queries: int) -> int:
+    """Lower-bound bytes of `trainers.episodes.sample_episodes`' arrays for these settings."""
+    return episodes * ways * (shots + queries) * _EPISODE_BYTES_PER_INDEX
 
 
 def check_memory(estimates: dict[str, int], budget: int) -> None:

@@ -30,20 +30,42 @@ def _host_port(address: str) -> tuple[str, int] | None:
     return host.strip("[]"), int(port)
 
 
-def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
-    """UserError in at most `timeout` seconds if nothing listens at `address`'s host:port.
+# The HTTP/2 client preface and an empty SETTINGS frame: a gRPC server (Ray's GCS and Ray
+# client server are) answers with a SETTINGS frame of its own (frame type 4 in byte 3).
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_H2_SETTINGS = 4
 
-    Ray itself retries an unreachable address for minutes (and ignores Ctrl-C meanwhile);
-    one bounded TCP connect tells a typo or a stopped cluster apart up front.
+
+def _speaks_grpc(sock: socket.socket) -> bool:
+    sock.sendall(_H2_PREFACE)
+    head = b""
+    while len(head) < 9:
+        chunk = sock.recv(9 - len(head))
+        if not chunk:
+            return False
+        head += chunk
+    return head[3] == _H2_SETTINGS
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """UserError within about `timeout` seconds unless a gRPC server listens at `address`.
+
+    Ray itself retries an unreachable address, or one where something else listens, for
+    minutes (and ignores Ctrl-C meanwhile); one bounded connect and HTTP/2 greeting tell a
+    typo or a stopped cluster apart up front.
     """
     target = _host_port(address)
     if target is None:
         return
+    fix = "check the address, start the cluster (`ray start --head`), or leave out --address to run a local Ray"
     try:
-        socket.create_connection(target, timeout=timeout).close()
+        with socket.create_connection(target, timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            grpc = _speaks_grpc(sock)
     except OSError as exc:
-        raise UserError(f"cannot reach a Ray cluster at {address} ({exc.strerror or exc}); check the address, "
-                        f"start the cluster (`ray start --head`), or leave out --address to run a local Ray") from None
+        raise UserError(f"cannot reach a Ray cluster at {address} ({exc.strerror or exc}); {fix}") from None
+    if not grpc:
+        raise UserError(f"cannot reach a Ray cluster at {address} (something else listens there); {fix}")
 
 
 def ensure_ray(address: str = "", num_cpus: int = 0, *, object_store_mb: int = 0) -> dict[str, float]:

@@ -342,6 +342,45 @@ def test_an_unreachable_address_is_one_line(tmp_path: Path) -> None:
     assert len(err.splitlines()) == 1 and "cannot reach a Ray cluster at 127.0.0.1:1" in err
 
 
+def test_an_address_where_something_else_listens_is_one_line() -> None:
+    """A web server (or a silent listener) at the address: refused instead of a long hang."""
+    import http.server
+    import socket
+    import threading
+
+    from harness.ray_session import check_reachable
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(UserError, match="something else listens there"):
+            check_reachable(f"127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    with socket.socket() as silent:  # accepts connections (backlog) but never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        with pytest.raises(UserError, match="cannot reach a Ray cluster"):
+            check_reachable(f"127.0.0.1:{silent.getsockname()[1]}", timeout=0.5)
+
+
+@pytest.mark.slow
+def test_a_live_ray_address_passes_the_probe(ray_session) -> None:
+    from harness.ray_session import check_reachable
+
+    check_reachable(ray_session.get_runtime_context().gcs_address)
+
+
+def test_evaluate_refuses_episode_arrays_that_cannot_fit(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "never-read.pt"
+    assert main(["evaluate", "--checkpoint", str(path), "--dataset", "synthetic", "--episodes", str(10**12),
+                 "--no-progress"]) == 2
+    err = one_line_error(capsys)
+    assert "--episodes" in err and "GiB" in err
+
+
 # ----------------------------------------------------------------------------- sharing: umask
 
 
