@@ -91,9 +91,15 @@ def episode_list_path(results_dir: Path, dataset: str, split: str, ways: int, sh
 
 
 def ensure_episode_lists(cfg: ExperimentConfig) -> list[Path]:
-    """Sample (once) and store the evaluation episodes shared by every trial of the experiment."""
+    """Sample (once) and store the evaluation episodes shared by every trial of the experiment.
+
+    A stored list that cannot be read (damaged, edited) is moved to
+    `unreadable/episode_lists/` and sampled again: the sampling is seeded, so the new list is
+    the one every finished trial was evaluated on.
+    """
     from trainers.data import load_split
-    from trainers.episodes import sample_episodes
+    from trainers.datasets.base import DatasetError
+    from trainers.episodes import EpisodeList, sample_episodes
 
     e = cfg.evaluate
     paths = []
@@ -101,6 +107,14 @@ def ensure_episode_lists(cfg: ExperimentConfig) -> list[Path]:
     for shots in e.shots:
         path = episode_list_path(cfg.results_dir, cfg.dataset.name, cfg.dataset.eval_split, e.ways, shots,
                                  e.queries, e.episodes, cfg.experiment.seed)
+        if path.is_file():
+            try:
+                EpisodeList.load(path)
+            except DatasetError as exc:
+                target = cfg.results_dir / store.UNREADABLE_DIR / EPISODE_DIR / f"{path.name}.{time.time_ns()}"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                path.replace(target)
+                report_set_aside([(path, target, str(exc).splitlines()[0][:200])])
         if not path.is_file():
             if split is None:
                 split = load_split(cfg.dataset.name, cfg.dataset.root or None, cfg.dataset.eval_split,

@@ -286,6 +286,35 @@ def test_a_search_whose_candidate_rows_are_gone_is_not_done(tmp_path: Path) -> N
     assert not _rounds_on_disk(tmp_path, state)
 
 
+def test_deleted_or_corrupt_search_rows_are_rewritten(tmp_path: Path) -> None:
+    from harness import store
+    from harness.search import run_searches
+
+    cfg = parse_config({**TINY, "experiment": {"name": "tiny", "out": str(tmp_path)}})
+    first = run_searches(cfg, None, progress=False)
+    a, b = (r["search_id"] for r in first)
+    store.table_path(cfg.results_dir, "searches", a).unlink()
+    corrupt = store.table_path(cfg.results_dir, "searches", b)
+    corrupt.write_bytes(corrupt.read_bytes()[:50])
+    run_searches(cfg, None, resume=True, progress=False)
+    rows = store.read_table(cfg.results_dir, "searches").drop(columns="schema_version")
+    assert rows.to_dict("records") == [{**r} for r in first]
+
+
+def test_a_damaged_episode_list_is_set_aside_and_sampled_again(tmp_path: Path, capsys) -> None:
+    from harness.trials import ensure_episode_lists
+    from trainers.episodes import EpisodeList
+
+    cfg = parse_config({**TINY, "experiment": {"name": "tiny", "out": str(tmp_path)}})
+    paths = ensure_episode_lists(cfg)
+    original = [EpisodeList.load(p).content_hash() for p in paths]
+    paths[0].write_bytes(paths[0].read_bytes()[:-30])
+    assert ensure_episode_lists(cfg) == paths
+    assert [EpisodeList.load(p).content_hash() for p in paths] == original
+    assert "unreadable" in capsys.readouterr().err
+    assert len(list((cfg.results_dir / "unreadable" / "episode_lists").iterdir())) == 1
+
+
 # ----------------------------------------------------------------------------- 7: one run per folder
 
 
