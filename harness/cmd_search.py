@@ -66,9 +66,8 @@ def results_folder(cfg: Any, args: argparse.Namespace, *, search: bool, train: b
     """
     from harness import store
     from harness.preflight import preflight
-    from harness.results_guard import folder_lock, move_aside
+    from harness.results_guard import folder_lock, move_aside, report_set_aside
     from harness.search import check_resumable
-    from harness.trials import report_set_aside
 
     preflight(cfg, search=search, train=train)
     with folder_lock(cfg.results_dir):

@@ -16,6 +16,7 @@ import contextlib
 import datetime as _dt
 import fcntl
 import os
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -61,3 +62,9 @@ def move_aside(results_dir: str | os.PathLike[str], *, now: _dt.datetime | None 
     for entry in entries:
         os.replace(entry, target / entry.name)
     return target
+
+
+def report_set_aside(moved: list[tuple[Path, Path, str]]) -> None:
+    """One warning line per file set aside (`harness.store.set_aside_unreadable`)."""
+    for old, new, reason in moved:
+        print(f"warning: {old} is unreadable ({reason}); moved to {new}, its rows are recomputed", file=sys.stderr)

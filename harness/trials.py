@@ -5,7 +5,9 @@ genotype, then few-shot evaluation (1-shot and 5-shot, ...) on the stored episod
 every method shares. Every epoch is checkpointed through `tune.report(..., checkpoint=...)`,
 so a failed trial (`FailureConfig(max_failures>0)`) restarts from its last epoch, and a rerun
 of the same command restores the experiment with `Tuner.restore` and finishes only what is
-missing. Rows go to Parquet under deterministic keys (the trial id): a retried epoch or trial
+missing. What is missing is decided by the Parquet tables, not by Tune's bookkeeping: a
+trial whose rows were deleted or found unreadable runs again even if Tune recorded it as
+finished. Rows go to Parquet under deterministic keys (the trial id): a retried epoch or trial
 overwrites its rows, never duplicates them.
 
 Only `ray.tune.*` APIs are used inside the trainable (ray 2.60).
@@ -26,6 +28,7 @@ from typing import Any
 
 from harness import store
 from harness.config import ExperimentConfig, absolute_root
+from harness.results_guard import report_set_aside
 
 MODEL_DIR = "models"
 EPISODE_DIR = "episode_lists"
@@ -385,12 +388,6 @@ def finished_trials(results_dir: Path) -> set[str]:
 def missing_trials(results_dir: Path, specs: list[TrialSpec]) -> set[str]:
     """Ids of `specs` whose rows are not (all) on disk: the work left to do."""
     return {s.trial_id for s in specs} - finished_trials(results_dir)
-
-
-def report_set_aside(moved: list[tuple[Path, Path, str]]) -> None:
-    """One warning line per file `store.set_aside_unreadable` moved."""
-    for old, new, reason in moved:
-        print(f"warning: {old} is unreadable ({reason}); moved to {new}, its rows are recomputed", file=sys.stderr)
 
 
 def _tuner(cfg: ExperimentConfig, trainable: Any, labels: dict[str, dict[str, Any]], storage: Path, name: str,
