@@ -74,12 +74,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Few-shot accuracy of a trained model (a `models/*.pt` file) on any dataset's split."""
     import torch
 
+    from harness.preflight import check_memory, check_split_contents, episode_bytes, machine_memory_bytes
     from harness.trials import build_network, read_model_file
     from trainers.data import NORMALIZATION, load_split
     from trainers.episodes import sample_episodes
     from trainers.fewshot import evaluate_model, mean_confidence_interval
-
-    from harness.preflight import check_memory, episode_bytes, machine_memory_bytes
 
     check_memory({"the episode arrays (--episodes, --ways, --shots, --queries)": episode_bytes(
         args.episodes, args.ways, args.shots, args.queries)}, machine_memory_bytes())
@@ -92,6 +91,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.dataset} images have {split.images.shape[1]} channels but the model expects "
                          f"{ckpt['in_channels']}; evaluate on a dataset like the one it was trained on")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    check_split_contents(split, ways=args.ways, need=args.shots + args.queries, what="evaluation episodes",
+                         keys="--ways/--shots/--queries")  # names the short classes, not an index
     episodes = sample_episodes(split.labels, ways=args.ways, shots=args.shots, queries=args.queries,
                                count=args.episodes, seed=args.seed)
     accs = evaluate_model(model, split, episodes, device=device, normalization=NORMALIZATION[args.dataset],

@@ -410,6 +410,21 @@ def test_evaluate_refuses_episode_arrays_that_cannot_fit(tmp_path: Path, capsys)
     assert "--episodes" in err and "GiB" in err
 
 
+def test_evaluate_names_the_classes_that_are_too_small(tmp_path: Path, capsys) -> None:
+    """Before: "class 0 has 30" (an index within the split); now the class's name."""
+    from harness.trials import build_network
+    from search_spaces.genotypes import resolve_genotype
+
+    genotype = resolve_genotype("metanas_in_v2").to_str()
+    net = build_network(genotype, 4, 5, 3, 3)
+    path = tmp_path / "ok.pt"
+    torch.save({**_model_payload(), "genotype": genotype, "in_channels": 3, "model": net.state_dict()}, path)
+    assert main(["evaluate", "--checkpoint", str(path), "--dataset", "synthetic", "--shots", "20",
+                 "--queries", "15", "--episodes", "2", "--no-progress"]) == 2
+    err = one_line_error(capsys)
+    assert "synthetic/test has class test_000 (30 images)" in err and "--ways/--shots/--queries" in err
+
+
 # ----------------------------------------------------------------------------- sharing: umask
 
 
