@@ -4,7 +4,8 @@ Everything that can be known from the config and the dataset is checked here, so
 one line (`ConfigError`, exit 2) and never a half-written results folder whose state the
 corrected rerun then refuses:
 
-- the results folder can be written (probe file, removed again);
+- the results folder can be written (probe file, removed again); a cluster address
+  answers (`harness.ray_session.check_reachable`, bounded);
 - every `genotype:NAME` method names a registry entry; the training recipe exists;
 - the dataset loads with its options, and its splits hold enough classes and images per
   class for the search's kernel tasks and for the evaluation episodes (naming the class);
@@ -193,7 +194,10 @@ def check_memory(estimates: dict[str, int], budget: int) -> None:
 
 def preflight(cfg: ExperimentConfig, *, search: bool = True, train: bool = True) -> None:
     """All up-front checks of a command that searches and/or trains `cfg` (module doc)."""
+    from harness.ray_session import check_reachable
+
     check_writable(cfg.results_dir)
+    check_reachable(cfg.resources.address or os.environ.get("RAY_ADDRESS", ""))
     scoring = search and any(m in PRUNING_METHODS for m in cfg.search.methods)
     if search:
         check_methods(cfg)

@@ -369,6 +369,7 @@ def test_an_unreachable_address_is_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2
     err = done.stderr.strip()
     assert len(err.splitlines()) == 1 and "cannot reach a Ray cluster at 127.0.0.1:1" in err
+    assert [p for p in tree(tmp_path / "results") if p != "tiny"] == []  # refused before any write
 
 
 def test_an_address_where_something_else_listens_is_one_line() -> None:
