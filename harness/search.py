@@ -164,8 +164,8 @@ FRESH_HINT = ("rerun with --fresh to move the old results aside into RESULTS_DIR
               "(nothing is deleted), use another experiment name, or restore the original config")
 
 
-def _read_state_file(path: Path) -> dict[str, Any] | None:
-    """The state file's JSON; None (after a warning naming it) when it is unreadable.
+def _read_state_file(path: Path, *, warn: bool = True) -> dict[str, Any] | None:
+    """The state file's JSON; None (after a warning naming it, if `warn`) when it is unreadable.
 
     The state only records progress: rounds are pure functions of their ids, so a search
     restarted from zero rewrites the same candidate rows and ends with the same genotype.
@@ -176,16 +176,18 @@ def _read_state_file(path: Path) -> dict[str, Any] | None:
             raise ValueError("not a search state object")
         return data
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        print(f"warning: {path} is unreadable ({exc}); the searches start over and rewrite the same rows",
-              file=sys.stderr)
+        if warn:
+            print(f"warning: {path} is unreadable ({exc}); the searches start over and rewrite the same rows",
+                  file=sys.stderr)
         return None
 
 
-def _load_state(results_dir: Path, digest: str, plans: list[SearchPlan]) -> list[SearchState] | None:
+def _load_state(results_dir: Path, digest: str, plans: list[SearchPlan], *, warn: bool = True
+                ) -> list[SearchState] | None:
     path = results_dir / STATE_FILE
     if not path.is_file():
         return None
-    data = _read_state_file(path)
+    data = _read_state_file(path, warn=warn)
     if data is None:
         return None
     if data.get("config_digest") != digest:
@@ -193,7 +195,8 @@ def _load_state(results_dir: Path, digest: str, plans: list[SearchPlan]) -> list
     try:
         states = [SearchState.from_json(d) for d in data["searches"]]
     except (TypeError, KeyError, ValueError) as exc:
-        print(f"warning: {path} is unreadable ({exc}); the searches start over", file=sys.stderr)
+        if warn:
+            print(f"warning: {path} is unreadable ({exc}); the searches start over", file=sys.stderr)
         return None
     if [s.search_id for s in states] != [p.search_id for p in plans]:
         raise UserError(f"{path} lists other searches than the config; {FRESH_HINT}")
@@ -202,7 +205,7 @@ def _load_state(results_dir: Path, digest: str, plans: list[SearchPlan]) -> list
 
 def check_resumable(cfg: ExperimentConfig) -> None:
     """Refuse (UserError) before anything is written if the saved state belongs to another config."""
-    _load_state(cfg.results_dir, config_digest(cfg), plan_searches(cfg))
+    _load_state(cfg.results_dir, config_digest(cfg), plan_searches(cfg), warn=False)  # run_searches warns
 
 
 def _rounds_on_disk(results_dir: Path, state: SearchState) -> bool:
