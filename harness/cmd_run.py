@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from harness.cmd_search import add_common_experiment_args, load_experiment, run_search_stage, write_run_metadata
+from harness.cmd_search import add_common_experiment_args, load_experiment, results_folder, run_search_stage
 
 
 def _report(cfg: Any) -> None:
@@ -22,19 +22,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.trials import run_trials, trial_specs
 
     cfg = load_experiment(args)
-    write_run_metadata(cfg)
-    # A rerun always resumes: finished rounds, searches and trials are not redone.
-    searches = run_search_stage(cfg, resume=True, progress=not args.no_progress)
-    if cfg.study.proxies:
-        from harness.study import score_proxies
+    with results_folder(cfg, args, search=True, train=True):
+        # A rerun always resumes: finished rounds, searches and trials are not redone.
+        searches = run_search_stage(cfg, resume=True, progress=not args.no_progress)
+        if cfg.study.proxies:
+            from harness.study import score_proxies
 
-        score_proxies(cfg, searches, progress=not args.no_progress)
-    run_trials(cfg, trial_specs(cfg, searches), verbose=0 if args.no_progress else 1)
-    if cfg.study.proxies:
-        from harness.study import finish_proxy_study
+            score_proxies(cfg, searches, progress=not args.no_progress)
+        run_trials(cfg, trial_specs(cfg, searches), verbose=0 if args.no_progress else 1)
+        if cfg.study.proxies:
+            from harness.study import finish_proxy_study
 
-        finish_proxy_study(cfg)
-    _report(cfg)
+            finish_proxy_study(cfg)
+        _report(cfg)
     return 0
 
 
@@ -46,10 +46,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     from search_spaces.genotypes import resolve_genotype
 
     cfg = load_experiment(args)
-    write_run_metadata(cfg)
+    genotypes = [resolve_genotype(text) for text in args.genotype]  # a malformed one: before any write
+    with results_folder(cfg, args, search=False, train=True):
+        _train_genotypes(cfg, args, genotypes)
+    return 0
+
+
+def _train_genotypes(cfg: Any, args: argparse.Namespace, genotypes: list[Any]) -> None:
+    from harness import store
+    from harness.search import network_params
+    from harness.trials import run_trials, trial_specs
+
     rows = []
-    for i, text in enumerate(args.genotype):
-        genotype = resolve_genotype(text)
+    for i, (text, genotype) in enumerate(zip(args.genotype, genotypes)):
         label = text if text.replace("_", "").replace("-", "").isalnum() else f"custom{i}"
         for seed in cfg.search.seeds:
             for cells in cfg.search.cells:
@@ -63,18 +72,21 @@ def cmd_train(args: argparse.Namespace) -> int:
                 rows.append(row)
     run_trials(cfg, trial_specs(cfg, rows), verbose=0 if args.no_progress else 1)
     _report(cfg)
-    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Few-shot accuracy of a trained model file: by default exactly its trial's evaluation."""
     import torch
 
+    from harness.preflight import check_memory, episode_bytes, machine_memory_bytes
     from harness.trials import EvalOverrides, evaluate_model_file
 
     overrides = EvalOverrides(dataset=args.dataset, root=args.root, split=args.split, image_size=args.image_size,
                               data_seed=args.data_seed, ways=args.ways, shots=args.shots, queries=args.queries,
                               episodes=args.episodes, seed=args.seed, C=args.C, support_augment=args.support_augment)
+    if overrides.new_episodes():  # new episodes are sampled: refuse arrays that cannot fit, up front
+        check_memory({"the episode arrays (--episodes, --ways, --shots, --queries)": episode_bytes(
+            args.episodes or 1, args.ways or 1, args.shots or 1, args.queries or 1)}, machine_memory_bytes())
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     # The file is read as data (weights_only): a model file never runs code.
     settings, summary = evaluate_model_file(args.checkpoint, overrides, device, progress=not args.no_progress)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import contextlib
+import sys
+from typing import Any, Iterator
 
 
 def add_common_experiment_args(p: argparse.ArgumentParser) -> None:
@@ -19,6 +21,9 @@ def add_common_experiment_args(p: argparse.ArgumentParser) -> None:
                    help="override one key of the experiment file, typed and validated like the file "
                         "(repeatable; applied last; recorded in RESULTS_DIR/config.toml), e.g. "
                         "--set search.init_channels=8 --set evaluate.episodes=20")
+    p.add_argument("--fresh", action="store_true",
+                   help="start over: move the folder's old results and state into RESULTS_DIR/previous/<time>/ "
+                        "(nothing is deleted)")
 
 
 def load_experiment(args: argparse.Namespace) -> Any:
@@ -52,6 +57,35 @@ def write_run_metadata(cfg: Any) -> None:
     store.write_text_atomic(cfg.results_dir / "git_sha.txt", sha + "\n")
 
 
+@contextlib.contextmanager
+def results_folder(cfg: Any, args: argparse.Namespace, *, search: bool, train: bool,
+                   resume: bool = True) -> Iterator[None]:
+    """Check everything up front, then hold the results folder for the command (issue 16).
+
+    In order, before anything is written: the up-front checks (`harness.preflight`:
+    writable folder, methods, recipe, dataset contents, memory estimates); the folder's lock
+    (a second command on it exits 2); `--fresh` moves old results aside; a saved search
+    state of another config is refused (when resuming); unreadable Parquet files are set
+    aside so their rows are recomputed; only then the resolved config is written.
+    """
+    from harness import store
+    from harness.preflight import preflight
+    from harness.results_guard import folder_lock, move_aside, report_set_aside
+    from harness.search import check_resumable
+
+    preflight(cfg, search=search, train=train)
+    with folder_lock(cfg.results_dir):
+        if getattr(args, "fresh", False):
+            moved = move_aside(cfg.results_dir)
+            if moved is not None:
+                print(f"--fresh: previous results moved to {moved}", file=sys.stderr)
+        if search and resume:
+            check_resumable(cfg)
+        report_set_aside(store.set_aside_unreadable(cfg.results_dir))
+        write_run_metadata(cfg)
+        yield
+
+
 def start_pool(cfg: Any) -> Any:
     from harness.ray_session import ensure_ray
     from harness.scorers import ScorerPool
@@ -74,8 +108,8 @@ def run_search_stage(cfg: Any, *, resume: bool, progress: bool) -> list[dict]:
 
 def cmd_search(args: argparse.Namespace) -> int:
     cfg = load_experiment(args)
-    write_run_metadata(cfg)
-    rows = run_search_stage(cfg, resume=args.resume, progress=not args.no_progress)
+    with results_folder(cfg, args, search=True, train=False, resume=args.resume):
+        rows = run_search_stage(cfg, resume=args.resume, progress=not args.no_progress)
     print(f"\n{len(rows)} searches -> {cfg.results_dir}")
     for row in rows:
         print(f"  {row['search_id']:<40} {row['rounds']} rounds  {row['device_seconds']:8.1f} device-s  "

@@ -276,9 +276,8 @@ def _positive(cfg: ExperimentConfig) -> None:
         if not cond:
             raise ConfigError(f"{src}: {key} {what}")
 
-    name = cfg.experiment.name
-    need(bool(name) and all(c.isalnum() or c in "-_." for c in name), "experiment.name",
-         f"= {name!r} must be a non-empty file-name-safe word (letters, digits, - _ .)")
+    problem = plain_name_problem(cfg.experiment.name)
+    need(problem is None, "experiment.name", f"= {cfg.experiment.name!r} {problem}")
     for m in s.methods:
         if m.startswith(GENOTYPE_METHOD_PREFIX):
             continue
@@ -316,6 +315,86 @@ def _positive(cfg: ExperimentConfig) -> None:
          "epochs, lr, batch_size and init_channels must be >= 0 (0 = recipe default)")
 
 
+# ----------------------------------------------------------------------------- names and bounds
+# (issue 16: hostile input). Kept apart from `_positive` so other checks merge cleanly.
+
+_NAME_MAX = 100
+
+
+def plain_name_problem(name: str) -> str | None:
+    """Why `name` cannot be an experiment name (a folder under the results root), or None.
+
+    A plain name: 1-100 letters, digits, '-', '_', '.', not starting with '.' (so never '.',
+    '..' or a hidden folder) and without any separator, so `out / name` never leaves `out`.
+    """
+    if not name:
+        return "must not be empty"
+    if len(name) > _NAME_MAX:
+        return f"is {len(name)} characters long; use at most {_NAME_MAX}"
+    if name.startswith("."):
+        return "must not start with '.' ('.', '..' and hidden names would leave or hide in the results root)"
+    bad = sorted({c for c in name if not (c.isascii() and (c.isalnum() or c in "-_."))})
+    if bad:
+        return f"must be a plain name of letters, digits, '-', '_', '.' (found {''.join(bad)!r})"
+    return None
+
+
+_SEED_MAX = 2**32 - 1
+# (section, key) -> (lowest, highest) allowed value; a list value is checked item by item.
+# The upper bounds are far above any sensible setting: they turn a typo (an extra zero or
+# five) into one line at load time instead of an allocation failure after hours of work.
+# NaN fails every comparison, so it is refused by the same check.
+BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
+    ("experiment", "seed"): (0, _SEED_MAX),
+    ("dataset", "image_size"): (0, 1024),
+    ("search", "seeds"): (0, _SEED_MAX),
+    ("search", "cells"): (2, 32),
+    ("search", "init_channels"): (1, 4096),
+    ("search", "tasks"): (1, 1024),
+    ("search", "ways"): (2, 1000),
+    ("search", "shots"): (1, 1000),
+    ("search", "queries"): (1, 1000),
+    ("search", "kernel_image_size"): (8, 1024),
+    ("search", "inner_time"): (0, math.inf),
+    ("search", "reg"): (0, 1e6),
+    ("search", "repeats"): (1, 1000),
+    ("search", "region_inputs"): (1, 10**7),
+    ("search", "region_batches"): (1, 1000),
+    ("search", "candidates_per_job"): (1, 10**4),
+    ("train", "epochs"): (0, 10**4),
+    ("train", "lr"): (0, 100),
+    ("train", "batch_size"): (0, 65536),
+    ("train", "drop_path"): (-1, 1),
+    ("train", "lr_decay_epochs"): (1, 10**4),
+    ("train", "init_channels"): (0, 4096),
+    ("evaluate", "ways"): (2, 1000),
+    ("evaluate", "shots"): (1, 1000),
+    ("evaluate", "queries"): (1, 10**4),
+    ("evaluate", "episodes"): (1, 10**6),
+    ("evaluate", "C"): (1e-12, 1e12),
+    ("evaluate", "support_augment"): (0, 1000),
+    ("resources", "workers"): (0, 10**4),
+    ("resources", "gpus_per_worker"): (1e-3, 64),
+    ("resources", "num_cpus"): (0, 10**5),
+    ("resources", "max_failures"): (0, 1000),
+    ("resources", "trial_cpus"): (1e-3, 1024),
+    ("study", "repeats"): (1, 1000),
+    ("study", "anil_inner_time"): (0, math.inf),
+    ("study", "anil_reg"): (0, 1e6),
+    ("study", "n_boot"): (1, 10**6),
+}
+
+
+def check_bounds(cfg: ExperimentConfig) -> None:
+    """Every numeric key inside its `BOUNDS` range (NaN never is); ConfigError naming the key."""
+    for (section, key), (lo, hi) in BOUNDS.items():
+        value = getattr(getattr(cfg, section), key)
+        for v in value if isinstance(value, tuple) else (value,):
+            if not lo <= v <= hi:
+                raise ConfigError(f"{cfg.source}: {section}.{key} = {v!r} is outside [{lo:g}, {hi:g}]; "
+                                  f"set a value in that range")
+
+
 def parse_config(data: Mapping[str, Any], source: str = "<config>") -> ExperimentConfig:
     """Build and validate an `ExperimentConfig` from parsed TOML `data`."""
     unknown = sorted(set(data) - set(SECTIONS))
@@ -324,13 +403,15 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>") -> Experimen
             f"{source}: unknown table(s) {', '.join(f'[{u}]' for u in unknown)}; "
             f"valid tables: {', '.join(f'[{s}]' for s in SECTIONS)}"
         )
-    if "experiment" not in data or "name" not in data.get("experiment", {}):
+    experiment = data.get("experiment")
+    if not isinstance(experiment, dict) or "name" not in experiment:
         raise ConfigError(f"{source}: missing experiment.name (add [experiment] name = \"...\")")
     parts = {name: _section(name, cls, data.get(name, {}), source) for name, cls in SECTIONS.items()}
     cfg = ExperimentConfig(**parts, source=source)
     cfg = _resolve_kernel_by_cells(cfg)
     _positive(cfg)
     _refuse_late_failures(cfg)
+    check_bounds(cfg)
     return cfg
 
 
@@ -342,11 +423,15 @@ def load_config(path: str | Path, overrides: Mapping[str, Mapping[str, Any]] | N
     if not path.is_file():
         raise ConfigError(f"experiment file {path} not found; the shipped ones are in experiments/*.toml")
     try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the experiment file ({exc.strerror or exc})") from None
     for section, changes in (overrides or {}).items():
-        data.setdefault(section, {}).update({k: v for k, v in changes.items() if v is not None})
+        given = {k: v for k, v in changes.items() if v is not None}
+        if given and isinstance(data.setdefault(section, {}), dict):  # a non-table is refused below
+            data[section].update(given)
     data = apply_sets(data, sets)
     try:
         cfg = parse_config(data, source=str(path))

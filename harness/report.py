@@ -609,6 +609,9 @@ def read_results(results_dir: str | os.PathLike[str]) -> dict[str, pd.DataFrame]
     """Every table of `results_dir` (name -> DataFrame). Raises FileNotFoundError for a
     missing folder and ValueError when it holds no Parquet table at all."""
     root = store.results_layout(results_dir).root
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"{root} is a file, not a results folder; pass the folder `metantk-nas run` "
+                                 "writes (results/<experiment>), not a file inside it")
     if not root.is_dir():
         raise FileNotFoundError(f"results folder {root} does not exist; run `metantk-nas run "
                                 "EXPERIMENT.toml` first and pass the folder it writes "

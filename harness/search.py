@@ -212,18 +212,60 @@ def _save_state(results_dir: Path, digest: str, states: list[SearchState]) -> No
                             {"config_digest": digest, "searches": [s.to_json() for s in states]})
 
 
-def _load_state(results_dir: Path, digest: str, plans: list[SearchPlan]) -> list[SearchState] | None:
+# The way out of a state written by another config (`run` has no --resume: it always resumes).
+FRESH_HINT = ("rerun with --fresh to move the old results aside into RESULTS_DIR/previous/ and start over "
+              "(nothing is deleted), use another experiment name, or restore the original config")
+
+
+def _read_state_file(path: Path, *, warn: bool = True) -> dict[str, Any] | None:
+    """The state file's JSON; None (after a warning naming it, if `warn`) when it is unreadable.
+
+    The state only records progress: rounds are pure functions of their ids, so a search
+    restarted from zero rewrites the same candidate rows and ends with the same genotype.
+    """
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or not isinstance(data.get("searches"), list):
+            raise ValueError("not a search state object")
+        return data
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        if warn:
+            print(f"warning: {path} is unreadable ({exc}); the searches start over and rewrite the same rows",
+                  file=sys.stderr)
+        return None
+
+
+def _load_state(results_dir: Path, digest: str, plans: list[SearchPlan], *, warn: bool = True
+                ) -> list[SearchState] | None:
     path = results_dir / STATE_FILE
     if not path.is_file():
         return None
-    data = json.loads(path.read_text())
+    data = _read_state_file(path, warn=warn)
+    if data is None:
+        return None
     if data.get("config_digest") != digest:
-        raise UserError(f"{path} was written by a different experiment config; rerun without --resume "
-                        f"to start over, or restore the original config")
-    states = [SearchState.from_json(d) for d in data["searches"]]
+        raise UserError(f"{path} was written by a different experiment config; {FRESH_HINT}")
+    try:
+        states = [SearchState.from_json(d) for d in data["searches"]]
+    except (TypeError, KeyError, ValueError) as exc:
+        if warn:
+            print(f"warning: {path} is unreadable ({exc}); the searches start over", file=sys.stderr)
+        return None
     if [s.search_id for s in states] != [p.search_id for p in plans]:
-        raise UserError(f"{path} lists other searches than the config; rerun without --resume to start over")
+        raise UserError(f"{path} lists other searches than the config; {FRESH_HINT}")
     return states
+
+
+def check_resumable(cfg: ExperimentConfig) -> None:
+    """Refuse (UserError) before anything is written if the saved state belongs to another config."""
+    _load_state(cfg.results_dir, config_digest(cfg), plan_searches(cfg), warn=False)  # run_searches warns
+
+
+def _rounds_on_disk(results_dir: Path, state: SearchState) -> bool:
+    """Whether every finished round of `state` still has its candidate rows (the Parquet
+    tables, not the state file, decide what is done)."""
+    folder = store.results_layout(results_dir).table("candidates")
+    return all((folder / f"{state.search_id}-r{r:02d}.parquet").is_file() for r in range(1, state.round + 1))
 
 
 def _candidate_rows(cfg: ExperimentConfig, plan: SearchState, dataset: str, round_: int, ranked: list[Candidate],
@@ -287,6 +329,11 @@ def run_searches(cfg: ExperimentConfig, pool: Any, *, resume: bool = False, stop
     digest = config_digest(cfg)
     states = (_load_state(results_dir, digest, plans) if resume else None) or [
         SearchState(p.search_id, p.method, p.seed, p.cells) for p in plans]
+    for i, s in enumerate(states):
+        if s.method in PRUNING_METHODS and not _rounds_on_disk(results_dir, s):
+            print(f"warning: candidate rows of {s.search_id} are missing; that search starts over",
+                  file=sys.stderr)
+            states[i] = SearchState(s.search_id, s.method, s.seed, s.cells)
     by_id = {p.search_id: p for p in plans}
     specs: dict[int, ScoreSpec] = {c: spec_from_config(cfg, c) for c in cfg.search.cells}
     mode = ranking_mode(cfg.search.ranking)

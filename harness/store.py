@@ -24,6 +24,7 @@ import numbers
 import os
 import re
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -171,16 +172,35 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> Path:
+def current_umask() -> int:
+    """The process umask, read without changing it where the platform allows (Linux
+    /proc); elsewhere set and restored at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: str | os.PathLike[str], write: Callable[[Any], None]) -> Path:
     """Call `write(binary_file)` on a temp file beside `path`, fsync, rename over `path`.
 
-    On any failure the temp file is removed and the error re-raised; `path` keeps its old
-    content (or stays absent).
+    The one atomic writer of the harness: every result file (Parquet, JSON, text, CSV,
+    figures, model files, episode lists) goes through it. The file gets the mode a plain
+    `open()` would give (0o666 minus the umask: 0644 under 022), not the temp file's 0600,
+    so a group sharing a results folder can read it. On any failure the temp file is
+    removed and the error re-raised; `path` keeps its old content (or stays absent).
     """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TMP_SUFFIX)
     tmp = Path(tmp_name)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -193,15 +213,14 @@ def _atomic_write(path: Path, write: Callable[[Any], None]) -> Path:
     return path
 
 
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Write UTF-8 `text` to `path` atomically (parents created); returns the path."""
-    data = text.encode("utf-8")
-    return _atomic_write(Path(path), lambda handle: handle.write(data))
-
-
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write `data` to `path` atomically (parents created); returns the path."""
-    return _atomic_write(Path(path), lambda handle: handle.write(data))
+    return write_atomic(path, lambda handle: handle.write(data))
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write UTF-8 `text` to `path` atomically (parents created); returns the path."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
@@ -323,7 +342,8 @@ def write_rows(results_dir: str | os.PathLike[str], table: str, key: str,
     """
     path = table_path(results_dir, table, key)
     arrow = rows_to_table(table, rows)
-    return _atomic_write(path, lambda handle: pq.write_table(arrow, handle))
+    # Page checksums: a flipped bit in a data page is an error on read, not a wrong number.
+    return write_atomic(path, lambda handle: pq.write_table(arrow, handle, write_page_checksum=True))
 
 
 def delete_rows(results_dir: str | os.PathLike[str], table: str, key: str) -> bool:
@@ -343,13 +363,22 @@ def table_files(results_dir: str | os.PathLike[str], table: str) -> list[Path]:
                   key=lambda p: p.name)
 
 
+# What a user does about a file that cannot be read (see `set_aside_unreadable`).
+_UNREADABLE_FIX = "rerun `metantk-nas run` on the experiment: it sets the file aside and recomputes its rows"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0][:200] if text else type(exc).__name__)
+
+
 def _read_file(path: Path, table: str, schema: pa.Schema) -> pa.Table:
     """Read one file and check it against the pinned schema; SchemaError otherwise."""
     try:
         found = pq.read_schema(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise SchemaError(f"{path}: not a readable Parquet file of table {table!r} ({exc}); "
-                          "delete it and rerun the step that writes it") from exc
+    except (pa.ArrowException, OSError, ValueError, EOFError) as exc:
+        raise SchemaError(f"{path}: not a readable Parquet file of table {table!r} ({_first_line(exc)}); "
+                          f"{_UNREADABLE_FIX}") from exc
     missing = [n for n in schema.names if n not in found.names]
     extra = [n for n in found.names if n not in schema.names]
     if missing or extra:
@@ -362,7 +391,11 @@ def _read_file(path: Path, table: str, schema: pa.Schema) -> pa.Table:
              if found.field(f.name).type != f.type]
     if wrong:
         raise SchemaError(f"{path}: wrong column types for table {table!r}: {', '.join(wrong)}")
-    data = pq.read_table(path, schema=schema)
+    try:
+        data = pq.read_table(path, schema=schema, page_checksum_verification=True)
+    except (pa.ArrowException, OSError, ValueError, EOFError) as exc:
+        raise SchemaError(f"{path}: not a readable Parquet file of table {table!r} ({_first_line(exc)}); "
+                          f"{_UNREADABLE_FIX}") from exc
     versions = set(data.column("schema_version").to_pylist())
     if versions - {SCHEMA_VERSION}:
         raise SchemaError(f"{path}: column 'schema_version' holds {sorted(versions)}, this "
@@ -389,3 +422,29 @@ def read_table(results_dir: str | os.PathLike[str], table: str) -> pd.DataFrame:
 def has_parquet(results_dir: str | os.PathLike[str]) -> bool:
     """Whether any table of `results_dir` has at least one Parquet file."""
     return any(table_files(results_dir, name) for name in TABLES)
+
+
+UNREADABLE_DIR = "unreadable"
+
+
+def set_aside_unreadable(results_dir: str | os.PathLike[str],
+                         tables: Sequence[str] = TABLES) -> list[tuple[Path, Path, str]]:
+    """Move every file of `tables` that cannot be read (corrupt, truncated, another schema)
+    to `results_dir/unreadable/<table>/`, so its rows count as missing and are recomputed.
+
+    Nothing is deleted; the other files of the table are untouched. Returns
+    (old path, new path, reason) per moved file. The name gets a nanosecond stamp so a
+    file set aside twice keeps both copies.
+    """
+    moved = []
+    for table in tables:
+        schema = SCHEMAS[_check_table(table)]
+        for path in table_files(results_dir, table):
+            try:
+                _read_file(path, table, schema)
+            except SchemaError as exc:
+                target = Path(results_dir) / UNREADABLE_DIR / table / f"{path.name}.{time.time_ns()}"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target)
+                moved.append((path, target, _first_line(exc).removeprefix(f"{path}: ")))
+    return moved

@@ -23,8 +23,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import tempfile
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +31,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import Tensor
 
+from harness import store
 from kernels.analytic import analytic_ntk
 from kernels.meta import meta_ntk
 from kernels.ntk import empirical_ntk
@@ -165,28 +164,10 @@ def _csv_text(rows: Sequence[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> Path:
-    """Temp file beside `path`, then rename: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _write_text(path: Path, text: str) -> Path:
-    return _write_bytes_atomic(path, text.encode("utf-8"))
-
-
 def _save_figure(fig: Any, path: Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    return _write_bytes_atomic(path, buf.getvalue())
+    return store.write_bytes_atomic(path, buf.getvalue())
 
 
 # ----------------------------------------------------------------------------- verify-kernels
@@ -318,8 +299,8 @@ def write_kernel_outputs(result: KernelCheckResult, out_dir: Path) -> list[Path]
     """kernels.csv, kernels.md and kernel_errors.png (log-log error vs width) in `out_dir`."""
     out_dir = Path(out_dir)
     paths = [
-        _write_text(out_dir / "kernels.csv", _csv_text(result.rows)),
-        _write_text(out_dir / "kernels.md", kernel_report(result)),
+        store.write_text_atomic(out_dir / "kernels.csv", _csv_text(result.rows)),
+        store.write_text_atomic(out_dir / "kernels.md", kernel_report(result)),
     ]
     from matplotlib.figure import Figure
 
@@ -540,10 +521,10 @@ def write_theory_outputs(result: TheoryResult, out_dir: Path) -> list[Path]:
 
     out_dir = Path(out_dir)
     paths = [
-        _write_text(out_dir / "theory.csv", _csv_text(result.rows)),
-        _write_text(out_dir / "theory.md", theory_report(result)),
-        _write_text(out_dir / "losses.csv", _csv_text(result.loss_rows)),
-        _write_text(out_dir / "predictions.csv", _csv_text(result.prediction_rows)),
+        store.write_text_atomic(out_dir / "theory.csv", _csv_text(result.rows)),
+        store.write_text_atomic(out_dir / "theory.md", theory_report(result)),
+        store.write_text_atomic(out_dir / "losses.csv", _csv_text(result.loss_rows)),
+        store.write_text_atomic(out_dir / "predictions.csv", _csv_text(result.prediction_rows)),
     ]
     widths = [r["width"] for r in result.rows]
 

@@ -5,7 +5,9 @@ genotype, then few-shot evaluation (1-shot and 5-shot, ...) on the stored episod
 every method shares. Every epoch is checkpointed through `tune.report(..., checkpoint=...)`,
 so a failed trial (`FailureConfig(max_failures>0)`) restarts from its last epoch, and a rerun
 of the same command restores the experiment with `Tuner.restore` and finishes only what is
-missing. Rows go to Parquet under deterministic keys (the trial id): a retried epoch or trial
+missing. What is missing is decided by the Parquet tables, not by Tune's bookkeeping: a
+trial whose rows were deleted or found unreadable runs again even if Tune recorded it as
+finished. Rows go to Parquet under deterministic keys (the trial id): a retried epoch or trial
 overwrites its rows, never duplicates them.
 
 Only `ray.tune.*` APIs are used inside the trainable (ray 2.60).
@@ -17,6 +19,7 @@ import json
 import logging
 import math
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, fields, replace
@@ -25,6 +28,7 @@ from typing import Any
 
 from harness import store
 from harness.config import ExperimentConfig, absolute_root
+from harness.results_guard import report_set_aside
 
 MODEL_DIR = "models"
 EPISODE_DIR = "episode_lists"
@@ -97,9 +101,15 @@ def episode_sampling_seed(seed: int, shots: int) -> int:
 
 
 def ensure_episode_lists(cfg: ExperimentConfig) -> list[Path]:
-    """Sample (once) and store the evaluation episodes shared by every trial of the experiment."""
+    """Sample (once) and store the evaluation episodes shared by every trial of the experiment.
+
+    A stored list that cannot be read (damaged, edited) is moved to
+    `unreadable/episode_lists/` and sampled again: the sampling is seeded, so the new list is
+    the one every finished trial was evaluated on.
+    """
     from trainers.data import load_split
-    from trainers.episodes import sample_episodes
+    from trainers.datasets.base import DatasetError
+    from trainers.episodes import EpisodeList, sample_episodes
 
     e = cfg.evaluate
     paths = []
@@ -107,6 +117,14 @@ def ensure_episode_lists(cfg: ExperimentConfig) -> list[Path]:
     for shots in e.shots:
         path = episode_list_path(cfg.results_dir, cfg.dataset.name, cfg.dataset.eval_split, e.ways, shots,
                                  e.queries, e.episodes, cfg.experiment.seed)
+        if path.is_file():
+            try:
+                EpisodeList.load(path)
+            except DatasetError as exc:
+                target = cfg.results_dir / store.UNREADABLE_DIR / EPISODE_DIR / f"{path.name}.{time.time_ns()}"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                path.replace(target)
+                report_set_aside([(path, target, str(exc).splitlines()[0][:200])])
         if not path.is_file():
             if split is None:
                 split = load_split(cfg.dataset.name, cfg.dataset.root or None, cfg.dataset.eval_split,
@@ -114,8 +132,7 @@ def ensure_episode_lists(cfg: ExperimentConfig) -> list[Path]:
                                    **cfg.dataset.options)
             episodes = sample_episodes(split.labels, ways=e.ways, shots=shots, queries=e.queries, count=e.episodes,
                                        seed=episode_sampling_seed(cfg.experiment.seed, shots))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            episodes.save(path)
+            store.write_atomic(path, episodes.write)
         paths.append(path)
     return paths
 
@@ -430,6 +447,11 @@ def evaluate_model_file(path: str | Path, overrides: EvalOverrides, device: Any,
     if settings.episode_lists:
         places = [Path(path).resolve().parent.parent / EPISODE_DIR]
         return settings, evaluate_trained(model, settings, split, device, places, progress=progress)[0]
+    from harness.preflight import check_split_contents
+
+    # names the short classes (not an index within the split), before any episode is drawn
+    check_split_contents(split, ways=settings.ways, need=max(settings.shots) + settings.queries,
+                         what="evaluation episodes", keys="--ways/--shots/--queries")
     summary = {}
     for shots in settings.shots:
         episodes = sample_episodes(split.labels, ways=settings.ways, shots=shots, queries=settings.queries,
@@ -521,11 +543,9 @@ def save_model_file(model: Any, spec: TrialSpec, meta: dict[str, Any], settings:
     import torch
 
     path = Path(spec.results_dir) / MODEL_DIR / f"{spec.trial_id}.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save({**meta, "model": model.state_dict(), "train_config": dict(spec.train),
-                EVALUATION_KEY: settings.to_dict(), "trial_id": spec.trial_id}, tmp)
-    tmp.replace(path)
+    payload = {**meta, "model": model.state_dict(), "train_config": dict(spec.train),
+               EVALUATION_KEY: settings.to_dict(), "trial_id": spec.trial_id}
+    store.write_atomic(path, lambda handle: torch.save(payload, handle))
     return path
 
 
@@ -583,17 +603,18 @@ def _specs_digest(specs: list[TrialSpec]) -> str:
 def run_trials(cfg: ExperimentConfig, specs: list[TrialSpec], *, verbose: int = 1) -> list[str]:
     """Run the missing trials under Tune; returns the trial ids that have rows afterwards.
 
-    A rerun with the same specs restores the Tune experiment (finished trials do no work);
-    if every trial already has its rows, Tune is not started at all.
+    The Parquet tables decide what is done: unreadable `trials`/`episodes` files are set
+    aside first, and a trial counts as done only with both its rows. A rerun with the same
+    specs restores the Tune experiment (finished trials do no work); if every trial already
+    has its rows, Tune is not started at all.
     """
     from ray import tune
 
     from harness.ray_session import ensure_ray, trial_resources
 
-    done = set(store.read_table(cfg.results_dir, "trials")["trial_id"]) if store.table_files(
-        cfg.results_dir, "trials") else set()
-    if all(s.trial_id in done for s in specs):
-        return sorted(done)
+    report_set_aside(store.set_aside_unreadable(cfg.results_dir, ("trials", "episodes")))
+    if not missing_trials(cfg.results_dir, specs):
+        return sorted(finished_trials(cfg.results_dir))
     ensure_episode_lists(cfg)
     cluster = ensure_ray(cfg.resources.address, cfg.resources.num_cpus)
     labels = {trial_label(s): asdict(s) for s in specs}
@@ -604,25 +625,70 @@ def run_trials(cfg: ExperimentConfig, specs: list[TrialSpec], *, verbose: int = 
     storage = (cfg.results_dir / "tune").resolve()
     name = f"trials-{_specs_digest(specs)}"
     path = storage / name
-    if tune.Tuner.can_restore(str(path)):
-        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            # The grid runs over short trial labels, so Tune's status table shows one short
-            # `trial` column; the specs travel through `tune.with_parameters`.
-            param_space={"trial": tune.grid_search(list(labels))},
-            tune_config=tune.TuneConfig(num_samples=1),
-            run_config=tune.RunConfig(
-                name=name, storage_path=str(storage), verbose=verbose,
-                failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            ),
-        )
     started = time.perf_counter()
+    # Tune restores its experiment (interrupted trials resume from their last epoch). Its
+    # bookkeeping may call a trial finished whose rows were deleted or set aside since: then
+    # that experiment folder is moved aside and only the trials without rows run again.
+    _fit(_tuner(cfg, trainable, labels, storage, name, verbose), cfg, path, started)
+    missing = missing_trials(cfg.results_dir, specs)
+    if missing:
+        stale = path.with_name(f"{name}.stale-{time.time_ns()}")
+        path.rename(stale)
+        print(f"warning: Tune's record {stale.name} called {len(missing)} trial(s) finished that have no rows "
+              f"({', '.join(sorted(missing)[:3])}); moved it aside and running them again", file=sys.stderr)
+        again = {label: d for label, d in labels.items() if d["trial_id"] in missing}
+        _fit(_tuner(cfg, trainable, again, storage, name, verbose), cfg, path, started)
+        missing = missing_trials(cfg.results_dir, specs)
+        if missing:  # a finished trainable always writes its rows: a programming error
+            raise RuntimeError(f"trials {sorted(missing)} finished without writing rows under {cfg.results_dir}")
+    return sorted(finished_trials(cfg.results_dir))
+
+
+def finished_trials(results_dir: Path) -> set[str]:
+    """Trial ids with both their `trials` row and their `episodes` rows on disk."""
+    def ids(table: str) -> set[str]:
+        return set(store.read_table(results_dir, table)["trial_id"]) if store.table_files(results_dir, table) else set()
+
+    return ids("trials") & ids("episodes")
+
+
+def missing_trials(results_dir: Path, specs: list[TrialSpec]) -> set[str]:
+    """Ids of `specs` whose rows are not (all) on disk: the work left to do."""
+    return {s.trial_id for s in specs} - finished_trials(results_dir)
+
+
+def _tuner(cfg: ExperimentConfig, trainable: Any, labels: dict[str, dict[str, Any]], storage: Path, name: str,
+           verbose: int) -> Any:
+    """Restore Tune's experiment `storage/name`, or start one over the trials `labels`."""
+    from ray import tune
+
+    path = storage / name
+    if tune.Tuner.can_restore(str(path)):
+        return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+    return tune.Tuner(
+        trainable,
+        # The grid runs over short trial labels, so Tune's status table shows one short
+        # `trial` column; the specs travel through `tune.with_parameters`.
+        param_space={"trial": tune.grid_search(list(labels))},
+        tune_config=tune.TuneConfig(num_samples=1),
+        run_config=tune.RunConfig(
+            name=name, storage_path=str(storage), verbose=verbose,
+            failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+
+
+def _fit(tuner: Any, cfg: ExperimentConfig, path: Path, started: float) -> None:
+    """`tuner.fit()`; RuntimeError if a trial failed for good, KeyboardInterrupt if Tune stopped early.
+
+    On Ctrl-C Tune saves its state and returns from `fit` as if it had finished; without
+    the check the command would carry on (and take the unfinished trials for lost rows).
+    """
     grid = tuner.fit()
     errors = [r.error for r in grid if r.error is not None]
     if errors:
         raise RuntimeError(f"{len(errors)} trial(s) failed after {cfg.resources.max_failures} retries "
                            f"({time.perf_counter() - started:.0f}s); first error: {errors[0]}; logs under {path}")
-    return sorted(set(store.read_table(cfg.results_dir, "trials")["trial_id"]))
+    if any(not (r.metrics or {}).get("done") for r in grid):
+        raise KeyboardInterrupt(f"Tune stopped before every trial finished; rerun the same command to resume")

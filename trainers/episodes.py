@@ -25,6 +25,7 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -153,16 +154,21 @@ class EpisodeList:
                                f"({arr.shape[0]} images, hash {labels_fingerprint(arr)[:12]}); "
                                f"resample the episodes for this split")
 
-    def save(self, path: str | Path) -> Path:
-        """Write an .npz (arrays + JSON metadata with the content hash) atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def write(self, fh: BinaryIO) -> None:
+        """Write the .npz (arrays + JSON metadata with the content hash) to a binary file;
+        callers with their own atomic writer (the harness's result store) use this."""
         meta = {**self.metadata(), "content_hash": self.content_hash()}
         arrays = {name: getattr(self, name).numpy() for name in _ARRAYS}
+        np.savez_compressed(fh, metadata=np.array(json.dumps(meta, sort_keys=True)), **arrays)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the .npz (see `write`) atomically: temp file beside `path`, then rename."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
-                np.savez_compressed(fh, metadata=np.array(json.dumps(meta, sort_keys=True)), **arrays)
+                self.write(fh)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
