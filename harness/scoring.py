@@ -164,7 +164,7 @@ class Scorer:
             reinitialize(self.ntk_net.classifier, generator(*key, "ntk-head"))
             self.ntk_x = sample_plain_batch(self.split, n=self.x.shape[0], image_size=s.kernel_image_size,
                                             normalization=self.kernel_normalization,
-                                            generator=generator(*key, "ntk-batch")).to(self.device)
+                                            generator=generator(*key, "ntk-batch")).images.to(self.device)
         else:
             self.ntk_x = self.x
         self.region_x = sample_region_inputs(self.split, n=s.region_inputs * s.region_batches,

@@ -264,13 +264,13 @@ def sample_episodes(labels: torch.Tensor | np.ndarray, *, ways: int, shots: int,
 
 @dataclass(frozen=True, eq=False)
 class KernelBatch:
-    """Images and task index sets for one MetaNTK evaluation.
+    """Images and task index sets for one MetaNTK evaluation (or one plain-NTK batch).
 
     images: float32 (M, C, s, s), M = tasks * ways * (queries + shots); task t occupies
             rows [t*P, (t+1)*P), P = ways * (queries + shots): first its ways*queries query
-            images, then its ways*shots support images.
+            images, then its ways*shots support images. (Plain batch: M random images.)
     tasks:  list of (query_idx, support_idx) int64 index tensors into `images`, the
-            format `kernels.meta_ntk` takes.
+            format `kernels.meta_ntk` takes. Empty for a plain batch (no task structure).
     source: int64 (M,) index of each row's image in the split (for checks and logs).
     """
 
@@ -342,8 +342,9 @@ def kernel_normalization(name: str, split: ImageSplit) -> Stats:
 
 def sample_plain_batch(split: ImageSplit, *, n: int = 30, image_size: int = 32,
                        normalization: tuple[Sequence[float], Sequence[float]] | None = None,
-                       generator: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """The plain-NTK batch of the TE-NAS ablation: float32 (n, C, s, s), s = image_size.
+                       generator: torch.Generator, pad: int = 4) -> KernelBatch:
+    """The plain-NTK batch of the TE-NAS ablation: images float32 (n, C, s, s), s = image_size,
+    `tasks` empty, `source` the n split indices.
 
     The reference computed the plain NTK on one batch of a shuffled loader over the
     training images with the support-image transform (resize, flip, random crop with zero
@@ -359,7 +360,7 @@ def sample_plain_batch(split: ImageSplit, *, n: int = 30, image_size: int = 32,
     idx = torch.randperm(len(split), generator=gen)[:n]
     x = _flip_and_crop(_to_unit(split.images[idx], image_size), pad, gen)
     mean, std = _normalization(split, normalization)
-    return normalize(x, mean, std).contiguous()
+    return KernelBatch(normalize(x, mean, std).contiguous(), [], idx)
 
 
 def sample_kernel_batch(split: ImageSplit, *, tasks: int = 3, ways: int = 5, shots: int = 1,
