@@ -35,6 +35,8 @@ Backends (``NTK_BACKENDS``), all exact and tested against ``"loop"``:
 - ``"func"``: ``torch.func`` ``vmap(grad)`` (``vmap(jacrev)`` for ``"full"``), chunked over
   samples (``chunk_size``) to bound memory. Any module ``torch.func`` can trace.
 - ``"opacus"``: Opacus ``GradSampleModule`` per-sample gradients (the reference's method).
+  Parameters off the path to the logits (the masked ops of a pruned supernet) get zero
+  rows, as autograd gives them.
 - ``"loop"``: one forward and backward per sample: the plain oracle.
 """
 from __future__ import annotations

@@ -67,12 +67,13 @@ def group_count(C: int, max_groups: int = MAX_GROUPS) -> int:
     without the final norm + ReLU (`lastact`), one channel per group zeroes every channel's
     spatial mean and the pooled features with it (the kernel was rounding noise; backends
     disagreed by 50%). With `lastact` the pooled features are means of ReLU outputs and the
-    cap is no longer needed. Measured (3-cell kernel supernet with lastact, 30 images 32x32,
-    4 weight draws, max over the hooks/func/opacus/loop backends, float32 vs a float64
-    evaluation): relative Frobenius error of the NTK 2.6e-8 / 8.3e-7 / 6.9e-7 at C = 4 / 8 /
-    16 with this rule, against 5.0e-8 / 3.2e-6 / 5.0e-6 with the old cap; the condition
-    number error is at most 1.2e-4 relative with either rule, far below the 1e-3 rounding of
-    the reference's deltas. So the reference's rule is kept.
+    cap is no longer needed. Measured (`benchmarks/bench_groupnorm.py`: 3-cell kernel
+    supernet with lastact, 30 images 32x32, 4 weight draws, max over the hooks / func /
+    opacus / loop backends in float32 against a float64 evaluation): relative Frobenius
+    error of the NTK 2.5e-8 / 4.6e-6 / 2.6e-6 at C = 4 / 8 / 16 with this rule, 4.7e-8 /
+    1.1e-6 / 2.2e-6 with the old cap; condition number error at most 1.4e-4 relative with
+    either rule (the paper-scale figure is 3-5e-6 for the NTK), far below the 1e-3 rounding
+    of the reference's deltas. Neither rule is more accurate, so the reference's is kept.
     """
     if C < 1:
         raise ValueError(f"group_count: channel count must be >= 1, got {C}")
