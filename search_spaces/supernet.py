@@ -5,8 +5,9 @@ Macro structure (design section 4): stem conv3x3 + norm (C_stem = C, stem multip
 `lastact` = norm + ReLU (the paper's search model, `NASNetworkDARTS.lastact`; `lastact=False`
 omits it, as the evaluation network `search_spaces.network.Network` does), global average
 pooling, linear head. With `norm="group"` the pooled features are means of ReLU outputs of a
-GroupNorm: non-negative and informative even with one channel per group. Cell preprocessing as DARTS: `FactorizedReduce` on
-c_{k-2} when the previous cell reduced, ReLU-conv1x1-norm otherwise.
+GroupNorm: non-negative and informative even with one channel per group. Cell
+preprocessing as DARTS: `FactorizedReduce` on c_{k-2} when the previous cell reduced,
+ReLU-conv1x1-norm otherwise.
 
 Each of a cell's 9 edges (`EDGE_INPUTS`) is a mixed edge holding all 7 ops; its output is
 the MEAN OVER THE ACTIVE OPS. A masked op is not executed at all, so it contributes exactly
