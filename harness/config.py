@@ -101,6 +101,8 @@ class SearchSection:
     kernel_params: str = "weights"   # weights | all
     kernel_backend: str = "hooks"     # kernels.ntk.NTK_BACKENDS: hooks (fastest exact), func, opacus, loop
     norm: str = "group"              # group | batch(eval-mode only)
+    kernel_normalization: str = "cifar"  # cifar (the reference's, any dataset) | dataset
+    ntk_batch: str = "plain"         # tenas NTK: plain (reference: 30 images, base-class head) | tasks
     region_inputs: int = 1000
     region_batches: int = 3
     # "exact" (exact mean deltas and ranks) | "reference" (the paper's code: 3-decimal deltas,
@@ -208,6 +210,8 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("search", "norm"): ("group", "batch"),
     ("search", "kernel_backend"): ("hooks", "func", "opacus", "loop"),
     ("search", "ranking"): tuple(RANKING_MODES),
+    ("search", "kernel_normalization"): ("cifar", "dataset"),
+    ("search", "ntk_batch"): ("plain", "tasks"),
 }
 
 

@@ -67,11 +67,13 @@ class ScoreSpec:
     region_batches: int
     # Overrides of kernels.proxies.ProxySettings fields (name, value), for "proxy:" measures.
     proxy_options: tuple[tuple[str, Any], ...] = ()
+    kernel_normalization: str = "cifar"  # trainers.episodes.KERNEL_NORMALIZATIONS
+    ntk_batch: str = "plain"             # plain NTK: "plain" (reference) | "tasks"
 
     @property
     def model_key(self) -> tuple:
         return (self.dataset, self.root, self.split, self.dataset_options, self.image_size, self.data_seed,
-                self.cells, self.init_channels, self.ways, self.norm)
+                self.cells, self.init_channels, self.ways, self.norm, self.ntk_batch)
 
 
 @dataclass(frozen=True)
@@ -136,24 +138,37 @@ class Scorer:
 
     `score(masks, key, measures)` redraws weights and batches only when `key` changes (the
     origin and all candidates of a (round, repeat) share them), then scores the masked nets.
+
+    Networks (as the reference's search): the kernel supernet ends with GroupNorm + ReLU
+    before pooling (`Supernet.lastact`); its `ways`-logit head serves the MetaNTK. The plain
+    NTK (`cn_ntk`, TE-NAS) with `ntk_batch = "plain"` runs on its own batch of
+    tasks x ways x (shots + queries) plain images (30 by default, all augmented) through the
+    same body under a head over the split's base classes (64 for miniImageNet), as the
+    reference's TE-NAS ablation; `"tasks"` reuses the MetaNTK's task batch and head.
+    Kernel images are normalised per `kernel_normalization` (reference: CIFAR-10 stats).
     """
 
     spec: ScoreSpec
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     def __post_init__(self) -> None:
-        from search_spaces.supernet import Supernet, thin_supernet
+        from search_spaces.supernet import HeadedSupernet, Supernet, thin_supernet
         from trainers.data import NORMALIZATION, load_split
+        from trainers.episodes import kernel_normalization
 
         s = self.spec
         self.split = load_split(s.dataset, s.root or None, s.split, image_size=s.image_size or None,
                                 seed=s.data_seed, **dict(s.dataset_options))
-        self.normalization = NORMALIZATION[s.dataset]
+        self.normalization = NORMALIZATION[s.dataset]  # region inputs: the dataset's statistics
+        self.kernel_normalization = kernel_normalization(s.kernel_normalization, self.split)
         in_channels = int(self.split.images.shape[1])
         # The kernel network: the evaluation-size supernet with sample-independent norms and
         # a fresh `ways`-logit head, in train mode (as the reference).
         self.net = Supernet(s.init_channels, s.ways, s.cells, in_channels=in_channels, norm=s.norm).to(self.device)
         self.net.train()
+        # The plain NTK's network: the same body under a head over the base classes.
+        self.ntk_net = (HeadedSupernet(self.net, self.split.n_classes).to(self.device).train()
+                        if s.ntk_batch == "plain" else self.net)
         # The linear-region network: thin supernet on 1x3x3 single-channel crops.
         self.thin = thin_supernet(in_channels=1).to(self.device)
         self.thin.train()
@@ -163,16 +178,23 @@ class Scorer:
         if key == self._key:
             return
         from search_spaces.init import reinitialize
-        from trainers.episodes import sample_kernel_batch, sample_region_inputs
+        from trainers.episodes import sample_kernel_batch, sample_plain_batch, sample_region_inputs
 
         s = self.spec
         reinitialize(self.net, generator(*key, "kernel-weights"))
         reinitialize(self.thin, generator(*key, "region-weights"))
         batch = sample_kernel_batch(self.split, tasks=s.tasks, ways=s.ways, shots=s.shots, queries=s.queries,
-                                    image_size=s.kernel_image_size, normalization=self.normalization,
+                                    image_size=s.kernel_image_size, normalization=self.kernel_normalization,
                                     generator=generator(*key, "kernel-batch"))
         self.x = batch.images.to(self.device)
         self.tasks = [(q.to(self.device), sup.to(self.device)) for q, sup in batch.tasks]
+        if s.ntk_batch == "plain":
+            reinitialize(self.ntk_net.classifier, generator(*key, "ntk-head"))
+            self.ntk_x = sample_plain_batch(self.split, n=self.x.shape[0], image_size=s.kernel_image_size,
+                                            normalization=self.kernel_normalization,
+                                            generator=generator(*key, "ntk-batch")).images.to(self.device)
+        else:
+            self.ntk_x = self.x
         self.region_x = sample_region_inputs(self.split, n=s.region_inputs * s.region_batches,
                                              normalization=self.normalization,
                                              generator=generator(*key, "region-inputs")).to(self.device)
@@ -202,10 +224,11 @@ class Scorer:
         from kernels import anil_inner_kernel, condition_number, empirical_ntk, head_features, meta_ntk
 
         s = self.spec
+        if not meta:
+            return condition_number(empirical_ntk(self.ntk_net, self.ntk_x, output=s.kernel_output,
+                                                  params=s.kernel_params, backend=s.kernel_backend))
         theta = empirical_ntk(self.net, self.x, output=s.kernel_output, params=s.kernel_params,
                               backend=s.kernel_backend)
-        if not meta:
-            return condition_number(theta)
         if s.kernel_output != "sum":
             raise ValueError("search.kernel_output = 'full' is only supported for the plain NTK (tenas); "
                              "the MetaNTK task indices address samples, not sample-logit pairs")
@@ -226,11 +249,12 @@ class Scorer:
         from kernels import anil_inner_kernel, condition_number, empirical_ntk, head_features, meta_ntk
 
         s = self.spec
-        k, n = len(masks), self.x.shape[0]
+        net, x = (self.net, self.x) if meta else (self.ntk_net, self.ntk_x)
+        k, n = len(masks), x.shape[0]
         self.net.sample_masks = torch.from_numpy(np.stack(masks)).to(self.device)
         try:
-            x = self.x.repeat(k, 1, 1, 1)
-            theta = empirical_ntk(self.net, x, output=s.kernel_output, params=s.kernel_params,
+            x = x.repeat(k, 1, 1, 1)
+            theta = empirical_ntk(net, x, output=s.kernel_output, params=s.kernel_params,
                                   backend=s.kernel_backend)
             feats = None
             if meta and s.algorithm == "anil":
@@ -326,6 +350,7 @@ def spec_from_config(cfg: Any, cells: int) -> ScoreSpec:
         kernel_output=s.kernel_output, kernel_params=s.kernel_params, kernel_backend=s.kernel_backend,
         norm=s.norm, region_inputs=s.region_inputs, region_batches=s.region_batches,
         proxy_options=proxy_options_from_config(cfg),
+        kernel_normalization=s.kernel_normalization, ntk_batch=s.ntk_batch,
     )
 
 

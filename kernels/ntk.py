@@ -35,6 +35,8 @@ Backends (``NTK_BACKENDS``), all exact and tested against ``"loop"``:
 - ``"func"``: ``torch.func`` ``vmap(grad)`` (``vmap(jacrev)`` for ``"full"``), chunked over
   samples (``chunk_size``) to bound memory. Any module ``torch.func`` can trace.
 - ``"opacus"``: Opacus ``GradSampleModule`` per-sample gradients (the reference's method).
+  Parameters off the path to the logits (the masked ops of a pruned supernet) get zero
+  rows, as autograd gives them.
 - ``"loop"``: one forward and backward per sample: the plain oracle.
 """
 from __future__ import annotations
@@ -210,9 +212,13 @@ def _opacus_rows(model: nn.Module, x: Tensor, params: list[nn.Parameter],
             if output == "full":
                 n_out = out.shape[1]
             target = out.sum() if output == "sum" else out[:, c].sum()
-            torch.autograd.grad(target, params, allow_unused=True)
+            grads = torch.autograd.grad(target, params, allow_unused=True)
             for i, p in enumerate(params):
                 gs = getattr(p, "grad_sample", None)
+                if gs is None and grads[i] is None:
+                    # Not on the path to the logits (e.g. a masked op of a pruned supernet):
+                    # its per-sample gradients are zero, as autograd says.
+                    gs = torch.zeros(x.shape[0], *p.shape, dtype=p.dtype, device=p.device)
                 if gs is None:
                     raise ValueError(f"opacus produced no per-sample gradient for a parameter of "
                                      f"shape {tuple(p.shape)}; use backend='hooks' or 'func'")

@@ -2,8 +2,12 @@
 
 Macro structure (design section 4): stem conv3x3 + norm (C_stem = C, stem multiplier 1),
 `cells` cells with reductions at `cells // 3` and `2 * cells // 3` (spatial /2, channels x2),
-global average pooling, linear head. Cell preprocessing as DARTS: `FactorizedReduce` on
-c_{k-2} when the previous cell reduced, ReLU-conv1x1-norm otherwise.
+`lastact` = norm + ReLU (the paper's search model, `NASNetworkDARTS.lastact`; `lastact=False`
+omits it, as the evaluation network `search_spaces.network.Network` does), global average
+pooling, linear head. With `norm="group"` the pooled features are means of ReLU outputs of a
+GroupNorm: non-negative and informative even with one channel per group. Cell
+preprocessing as DARTS: `FactorizedReduce` on c_{k-2} when the previous cell reduced,
+ReLU-conv1x1-norm otherwise.
 
 Each of a cell's 9 edges (`EDGE_INPUTS`) is a mixed edge holding all 7 ops; its output is
 the MEAN OVER THE ACTIVE OPS. A masked op is not executed at all, so it contributes exactly
@@ -29,7 +33,7 @@ from search_spaces.genotypes import CELL_TYPES, EDGE_INPUTS, EDGES_PER_CELL, NOD
 from search_spaces.ops import PRIMITIVES, FactorizedReduce, ReLUConvNorm, make_norm, make_op
 
 __all__ = [
-    "CELL_TYPES", "EDGES_PER_CELL", "EDGE_INPUTS", "Masks", "MixedEdge", "SearchCell", "Supernet",
+    "CELL_TYPES", "EDGES_PER_CELL", "EDGE_INPUTS", "HeadedSupernet", "Masks", "MixedEdge", "SearchCell", "Supernet",
     "full_masks", "genotype_masks", "validate_masks", "reduction_indices", "resolve_reductions",
     "stack_cells", "thin_supernet", "parameter_count",
 ]
@@ -202,11 +206,12 @@ class Supernet(nn.Module):
         stem: False feeds the raw input to both inputs of the first cell (thin supernet).
         affine: learnable norm parameters (False: DARTS search convention).
         reductions: override the reduction cell indices (default `reduction_indices(cells)`).
+        lastact: end with norm + ReLU before pooling (True: the paper's search model).
     """
 
     def __init__(self, C: int, num_classes: int, cells: int, *, in_channels: int = 3,
                  norm: str = "batch", stem: bool = True, affine: bool = False,
-                 reductions: Sequence[int] | None = None) -> None:
+                 reductions: Sequence[int] | None = None, lastact: bool = True) -> None:
         super().__init__()
         if cells < 1:
             raise ValueError(f"Supernet: cells must be >= 1, got {cells}")
@@ -226,6 +231,11 @@ class Supernet(nn.Module):
             lambda cpp, cp, c, red, red_prev: SearchCell(cpp, cp, c, red, red_prev, norm, affine),
             C if stem else in_channels, C, cells, self.reductions)
         self.feature_dim = C_prev
+        # The paper's search model ends with `lastact` = norm + ReLU before pooling (its
+        # `NASNetworkDARTS.lastact`); the ReLU is a module so the region counter hooks it.
+        self.lastact: nn.Module = (
+            nn.Sequential(make_norm(C_prev, norm, affine), nn.ReLU(inplace=False)) if lastact else nn.Identity()
+        )
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_prev, num_classes)
         self.masks: dict[str, torch.Tensor] = full_masks()
@@ -271,17 +281,46 @@ class Supernet(nn.Module):
         s0 = s1 = self.stem(x)
         for cell in self.cells:
             s0, s1 = s1, cell(s0, s1, active[cell.cell_type], None if weights is None else weights[cell.cell_type])
-        return self.global_pooling(s1).flatten(1)
+        return self.global_pooling(self.lastact(s1)).flatten(1)
 
     def forward(self, x: torch.Tensor, masks: Masks | None = None) -> torch.Tensor:
         """Logits (N, num_classes); `masks` overrides the stored masks for this call only."""
         return self.classifier(self.forward_features(x, masks))
 
 
+class HeadedSupernet(nn.Module):
+    """A supernet's body (stem, cells, lastact, pooling) under another linear head:
+    (N, in_channels, H, W) -> (N, num_classes).
+
+    The reference's plain-NTK (TE-NAS ablation) differentiates the network's own head over
+    the base classes while its MetaNTK uses a fresh `ways` head; this gives one body both.
+    The body's modules are children of this module (hooks, `.to`, parameter selection see
+    them) but the supernet's own `classifier` is not, so its weights are not differentiated.
+    Masks are the supernet's (`supernet.set_masks` / `sample_masks`).
+    """
+
+    def __init__(self, supernet: Supernet, num_classes: int) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"HeadedSupernet: num_classes must be >= 1, got {num_classes}")
+        self.stem, self.cells, self.lastact = supernet.stem, supernet.cells, supernet.lastact
+        self.global_pooling = supernet.global_pooling
+        self._supernet = (supernet,)  # a tuple: not registered, so its classifier stays out
+        self.classifier = nn.Linear(supernet.feature_dim, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The supernet's pooled features (N, feature_dim) under its current masks."""
+        return self._supernet[0].forward_features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.forward_features(x))
+
+
 def thin_supernet(in_channels: int = 1, norm: str = "batch", *, num_classes: int = 1) -> Supernet:
     """The linear-region supernet (TE-NAS / reference): C=1, one normal then one reduction
-    cell, no stem (the raw input feeds both inputs of the first cell). Used in train mode
-    with BatchNorm as the reference, on (N, in_channels, 3, 3) crops."""
+    cell, no stem (the raw input feeds both inputs of the first cell), and the final norm +
+    ReLU (`lastact`, whose ReLU the region counter hooks too). Used in train mode with
+    BatchNorm as the reference, on (N, in_channels, 3, 3) crops."""
     return Supernet(1, num_classes, 2, in_channels=in_channels, norm=norm, stem=False,
                     reductions=(1,))
 

@@ -40,6 +40,7 @@ __all__ = [
     "ImageSplit",
     "MINI_FILES",
     "NORMALIZATION",
+    "CIFAR10_NORMALIZATION",
     "OMNIGLOT_DEFAULTS",
     "SYNTHETIC_DEFAULTS",
     "inspect_dataset",
@@ -72,6 +73,10 @@ DATASETS: Registry[DatasetSpec] = Registry("dataset", {
 # Per-channel (mean, std) of pixels scaled to [0, 1]; a 1-tuple applies to every channel.
 _RFS_MEAN = (120.39586422 / 255.0, 115.59361427 / 255.0, 104.54012653 / 255.0)
 _RFS_STD = (70.68188272 / 255.0, 68.27635443 / 255.0, 72.54505529 / 255.0)
+# CIFAR-10 statistics: the reference normalises the search's kernel images (resized to
+# 32x32) with these whatever the dataset (its `transform_TENAS`, used for mini and tiered).
+CIFAR10_NORMALIZATION: tuple[tuple[float, ...], tuple[float, ...]] = (
+    (125.3 / 255.0, 123.0 / 255.0, 113.9 / 255.0), (63.0 / 255.0, 62.1 / 255.0, 66.7 / 255.0))
 NORMALIZATION: Registry[tuple[tuple[float, ...], tuple[float, ...]]] = Registry("dataset", {
     "synthetic": ((0.5,), (0.25,)),  # what the generator aims at (measured 0.49 / 0.22)
     "omniglot": ((0.9195,), (0.2182,)),  # measured on the 4,840 shared images at 28x28, not inverted

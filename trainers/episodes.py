@@ -11,8 +11,11 @@ support set, the rest for the query set. Support and query are ordered class by 
 Kernel batch (search, REFERENCE.md "Kernel batch during search"): `sample_kernel_batch`
 draws `tasks` label-free tasks (default 3 x (5 query + 5 support) = 30 images), resized to
 32x32 and normalised; support images get a random crop (pad 4) and a horizontal flip,
-queries only the resize. `sample_region_inputs` draws the 3x3 single-channel crops the
-linear-region count runs on. All randomness comes from the caller's CPU
+queries only the resize. `sample_plain_batch` draws the plain-NTK (TE-NAS ablation) batch:
+N random images of the split, every one flipped and cropped as a support image. Kernel
+images are normalised per `KERNEL_NORMALIZATIONS` (reference: CIFAR-10 statistics whatever
+the dataset). `sample_region_inputs` draws the 3x3 single-channel crops the
+linear-region count runs on (dataset statistics, as the reference's region counter). All randomness comes from the caller's CPU
 `torch.Generator`, so the batch is the same on any device.
 """
 from __future__ import annotations
@@ -22,7 +25,7 @@ import json
 import os
 import tempfile
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -31,15 +34,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainers.data import NORMALIZATION, DatasetError, ImageSplit, normalize
+from trainers.data import CIFAR10_NORMALIZATION, NORMALIZATION, DatasetError, ImageSplit, normalize
+from trainers.datasets.base import Registry
 
 __all__ = [
     "Episode",
     "EpisodeList",
+    "KERNEL_NORMALIZATIONS",
     "KernelBatch",
+    "kernel_normalization",
     "labels_fingerprint",
     "sample_episodes",
     "sample_kernel_batch",
+    "sample_plain_batch",
     "sample_region_inputs",
 ]
 
@@ -263,16 +270,17 @@ def sample_episodes(labels: torch.Tensor | np.ndarray, *, ways: int, shots: int,
 
 @dataclass(frozen=True, eq=False)
 class KernelBatch:
-    """Images and task index sets for one MetaNTK evaluation.
+    """Images and task index sets for one MetaNTK evaluation (or one plain-NTK batch).
 
     images: float32 (M, C, s, s), M = tasks * ways * (queries + shots); task t occupies
             rows [t*P, (t+1)*P), P = ways * (queries + shots): first its ways*queries query
-            images, then its ways*shots support images.
+            images, then its ways*shots support images. (Plain batch: M random images.)
     tasks:  list of (query_idx, support_idx) int64 index tensors into `images`, the
-            format `kernels.meta_ntk` takes.
+            format `kernels.meta_ntk` takes. Empty for a plain batch (no task structure).
     source: int64 (M,) index of each row's image in the split (for checks and logs).
-    labels: int64 (M,) task-local class 0..ways-1 of each row (the kernel never uses them;
-            the label-based zero-cost proxies of `kernels.proxies` do).
+    labels: int64 (M,) task-local class 0..ways-1 of each row (plain batch: the split's own
+            class of each image). The kernel never uses them; the label-based zero-cost
+            proxies of `kernels.proxies` do.
     """
 
     images: torch.Tensor
@@ -315,6 +323,54 @@ def _flip_and_crop(x: torch.Tensor, pad: int, generator: torch.Generator) -> tor
 def _normalization(split: ImageSplit, normalization: tuple[Sequence[float], Sequence[float]] | None
                    ) -> tuple[Sequence[float], Sequence[float]]:
     return NORMALIZATION[split.dataset] if normalization is None else normalization
+
+
+Stats = tuple[tuple[float, ...], tuple[float, ...]]
+
+
+def _cifar_stats(split: ImageSplit) -> Stats:
+    """CIFAR-10 (mean, std); for a grey split the channel averages (the reference only ever
+    ran RGB datasets, so a grey image is treated as its three equal channels would be, on
+    average)."""
+    if split.channels == 3:
+        return CIFAR10_NORMALIZATION
+    mean, std = CIFAR10_NORMALIZATION
+    return (sum(mean) / 3,), (sum(std) / 3,)
+
+
+# How the search's kernel images are normalised: name -> (split -> (mean, std)).
+KERNEL_NORMALIZATIONS: Registry[Callable[[ImageSplit], Stats]] = Registry("kernel normalization", {
+    "cifar": _cifar_stats,                                   # the reference's (transform_TENAS)
+    "dataset": lambda split: NORMALIZATION[split.dataset],  # the dataset's own statistics
+})
+
+
+def kernel_normalization(name: str, split: ImageSplit) -> Stats:
+    """(mean, std) for the kernel images of `split` under the named rule (KeyError lists them)."""
+    return KERNEL_NORMALIZATIONS[name](split)
+
+
+def sample_plain_batch(split: ImageSplit, *, n: int = 30, image_size: int = 32,
+                       normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+                       generator: torch.Generator, pad: int = 4) -> KernelBatch:
+    """The plain-NTK batch of the TE-NAS ablation: images float32 (n, C, s, s), s = image_size,
+    `tasks` empty, `source` the n split indices.
+
+    The reference computed the plain NTK on one batch of a shuffled loader over the
+    training images with the support-image transform (resize, flip, random crop with zero
+    padding `pad`, normalise): n distinct random images, no task structure, every one
+    augmented; n = 30 matches the MetaNTK's 3 tasks x (5 + 5) images. Draws, in order: one
+    permutation of the split, then the flips and crop offsets (CPU `generator`).
+    """
+    gen = _cpu_generator(generator)
+    n, image_size, pad = _positive("n", n), _positive("image_size", image_size), _positive("pad", pad, 0)
+    if n > len(split):
+        raise ValueError(f"a plain kernel batch of {n} images needs {n} images; {split.dataset}/"
+                         f"{split.split} has {len(split)}")
+    idx = torch.randperm(len(split), generator=gen)[:n]
+    x = _flip_and_crop(_to_unit(split.images[idx], image_size), pad, gen)
+    mean, std = _normalization(split, normalization)
+    return KernelBatch(normalize(x, mean, std).contiguous(), [], idx, split.labels[idx].to(torch.int64))
 
 
 def sample_kernel_batch(split: ImageSplit, *, tasks: int = 3, ways: int = 5, shots: int = 1,

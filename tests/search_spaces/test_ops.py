@@ -68,8 +68,10 @@ def test_avg_pool_excludes_padding():
     assert torch.allclose(y, torch.ones_like(y))  # counting the padding would lower the border
 
 
-@pytest.mark.parametrize("C,groups", [(1, 1), (4, 2), (16, 8), (24, 12), (48, 16), (96, 16), (12, 6), (2, 1)])
+@pytest.mark.parametrize("C,groups", [(1, 1), (4, 4), (16, 16), (24, 12), (40, 10), (48, 16), (96, 16),
+                                      (576, 16), (12, 12), (2, 2)])
 def test_group_count(C, groups):
+    """The reference's min(16, C) groups where that divides C, else the largest divisor below."""
     assert group_count(C) == groups
     norm = [m for m in make_op("conv_3x3", C, 1, "group").modules() if isinstance(m, nn.GroupNorm)]
     assert norm[0].num_groups == groups
@@ -100,10 +102,15 @@ def test_bad_op_arguments(kwargs, match):
 
 
 def test_small_group_norm_supernet_has_nonzero_pooled_features():
-    """One channel per group would zero every channel's mean and the pooled features with it."""
+    """One channel per group zeroes every channel's mean; the final norm + ReLU (`lastact`)
+    keeps the pooled features informative (without it they are exactly 0)."""
     from search_spaces.supernet import Supernet
 
     torch.manual_seed(0)
     net = Supernet(4, 3, 3, norm="group")
-    feats = net.forward_features(torch.randn(4, 3, 16, 16))
-    assert feats.abs().max() > 1e-3
+    x = torch.randn(4, 3, 16, 16)
+    feats = net.forward_features(x)
+    assert feats.abs().max() > 1e-3 and (feats >= 0).all()
+    bare = Supernet(4, 3, 3, norm="group", lastact=False)
+    bare.load_state_dict(net.state_dict(), strict=False)
+    assert bare.forward_features(x).abs().max() < 1e-5

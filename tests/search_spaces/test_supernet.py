@@ -123,9 +123,9 @@ def test_single_op_supernet_equals_manual_composition(op, norm):
         states.append(sum(cell.edges[e].ops[o](states[EDGE_INPUTS[e][1]]) for e in edges))
     manual = torch.cat(states[2:], 1)
     active = [[o]] * EDGES_PER_CELL
-    # Compare before pooling too: GAP of an instance-like GroupNorm output is ~0 at C=4.
     assert torch.allclose(cell(s, s, active), manual, atol=1e-5)
-    assert torch.allclose(net(x), net.classifier(manual.mean((2, 3))), atol=1e-5)
+    pooled = net.lastact(manual).mean((2, 3))  # the final norm + ReLU, then GAP
+    assert torch.allclose(net(x), net.classifier(pooled), atol=1e-5)
 
 
 @pytest.mark.parametrize("bad,match", [
@@ -180,10 +180,11 @@ def test_genotype_masks_select_its_edges():
 @pytest.mark.parametrize("name", sorted(GENOTYPES))
 def test_genotype_masked_supernet_equals_network(name):
     """Every edge but the genotype's masked, one op each: the supernet IS the genotype network
-    (weights copied op by op into a fixed Network)."""
+    (weights copied op by op into a fixed Network). The evaluation network has no final
+    norm + ReLU, so the supernet is built without its `lastact` here."""
     g = GENOTYPES[name]
     torch.manual_seed(0)
-    sup = Supernet(4, 5, 3, norm="batch")
+    sup = Supernet(4, 5, 3, norm="batch", lastact=False)
     sup.set_masks(genotype_masks(g))
     net = Network(g, 4, 5, 3)
     net.stem.load_state_dict(sup.stem.state_dict(), strict=False)  # affine params stay 1 / 0
