@@ -38,6 +38,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from harness.markdown import markdown_table
 from kernels.proxy_names import PROXY_DIRECTIONS, PROXY_NAMES
 from trainers.stats import (icc_oneway, kendall_tau, oriented_ranks, paired_tau_difference, partial_spearman,
                             rank_correlation)
@@ -195,7 +196,7 @@ def _num(value: float, fmt: str = "{:+.2f}") -> str:
 
 def leaderboard_markdown(table: pd.DataFrame, reliability: pd.DataFrame) -> str:
     """Per target a table sorted by Kendall tau (best first), then the target's ceiling."""
-    from harness.report import format_seconds, markdown_table
+    from harness.report import format_seconds
 
     parts = []
     for target, part in table.groupby("target", sort=False):

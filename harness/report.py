@@ -24,6 +24,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 from harness import store
+from harness.markdown import markdown_table
 from trainers.stats import paired_tau_difference, rank_correlation, t_halfwidth
 
 # Display order of the methods (design section 5); unknown methods follow alphabetically.
@@ -352,22 +353,6 @@ def _fmt_corr(value: float, lo: float, hi: float) -> str:
     if not math.isfinite(value):
         return "–"
     return f"{value:+.3f}" + (f" [{lo:+.3f}, {hi:+.3f}]" if math.isfinite(lo) else "")
-
-
-def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]],
-                   align: str | None = None) -> str:
-    """A GitHub-flavoured Markdown table; align: one 'l'/'r' per column (default left)."""
-    align = align or "l" * len(headers)
-    if len(align) != len(headers):
-        raise ValueError(f"align {align!r} needs one letter per column ({len(headers)})")
-
-    def cell(value: object) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
-
-    rule = ["---:" if a == "r" else "---" for a in align]
-    lines = ["| " + " | ".join(map(cell, headers)) + " |", "| " + " | ".join(rule) + " |"]
-    lines += ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 _DAGGER_NOTE = ("± is the 95% t-interval across seeds of the per-seed episode means; † marks "
