@@ -1,4 +1,4 @@
-"""The proxy leaderboard (issue 14): which training-free score predicts few-shot accuracy,
+"""The proxy leaderboard: which training-free score predicts few-shot accuracy,
 and by how much better than the parameter count?
 
 Input: the study's tables (`harness.study`): `proxy_scores` (one value per genotype, proxy
@@ -224,7 +224,7 @@ def leaderboard_section(data: Mapping[str, pd.DataFrame], *, n_boot: int = 1000,
     table = leaderboard_table(proxies, scores, n_boot=n_boot, seed=seed)
     reliability = target_reliability(data["trials"]) if "trials" in data else target_reliability(pd.DataFrame(
         columns=["search_id", "trial_id", *TARGETS]))
-    lines = ["", "## Proxy leaderboard (issue 14)", "",
+    lines = ["", "## Proxy leaderboard", "",
              "Oriented so that positive = predictive; Δτ: paired bootstrap of the difference in Kendall τ; "
              "redraw τ: agreement of two weight/batch redraws; s / arch: seconds per architecture and redraw.",
              "", leaderboard_markdown(table, reliability)]

@@ -61,7 +61,7 @@ def relative_delta(origin: float, pruned: float) -> float:
 
 def oriented_delta(origin: float, pruned: float, higher_is_better: bool) -> float:
     """Change of a proxy when an op is pruned, oriented for the CN slot of the ranking
-    (ranked descending: the largest value is the most prunable candidate). Issue 14.
+    (ranked descending: the largest value is the most prunable candidate).
 
     With the proxy's "goodness" ``g = value`` (higher is better) or ``-value`` (lower is
     better): ``(g_pruned - g_origin) / |g_origin|`` (``|g_origin| = 0``: the plain difference),

@@ -14,7 +14,7 @@ After each round the state of every search is checkpointed (`state/searches.json
 and the round's candidate rows are written under a deterministic key, so `resume=True`
 continues from the last finished round and ends with the genotype an uninterrupted run gives.
 
-Proxy methods (issue 14, `harness.config.PRUNING_METHODS`): "<proxy>" ranks the proxy in the
+Proxy methods (`harness.config.PRUNING_METHODS`): "<proxy>" ranks the proxy in the
 CN slot (`measure_delta`: oriented so the op whose removal costs the proxy least is pruned
 first), "<proxy>+regions" adds the regions slot. Their candidate rows hold the proxy's
 values in the `cn_origin`/`cn_pruned` columns (the primary score of the method).
@@ -29,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Hashable, Iterable
+from typing import Any, Hashable
 
 import numpy as np
 
@@ -44,7 +44,7 @@ from harness.scoring import N_CELL_TYPES, N_EDGES, N_OPS, Job, Score, ScoreSpec,
 STATE_FILE = "state/searches.json"
 CELL_NAMES = ("normal", "reduce")
 # Measure names of harness.scoring per method. The CN column (and rank) of a method is its
-# one CN measure or, for a proxy method (issue 14), its proxy: `primary_measure`.
+# one CN measure or, for a proxy method, its proxy: `primary_measure`.
 METHOD_MEASURES: dict[str, tuple[str, ...]] = dict(PRUNING_METHODS)
 
 
@@ -489,9 +489,3 @@ def network_params(cfg: ExperimentConfig, genotype: Any, cells: int) -> int:
     channels = cfg.train.init_channels or cfg.search.init_channels
     net = Network(genotype, channels, n_classes, cells, in_channels=int(split.images.shape[1]))
     return int(sum(p.numel() for p in net.parameters()))
-
-
-def iter_states(results_dir: Path) -> Iterable[SearchState]:
-    path = Path(results_dir) / STATE_FILE
-    if path.is_file():
-        yield from (SearchState.from_json(d) for d in json.loads(path.read_text())["searches"])

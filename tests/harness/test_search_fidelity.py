@@ -1,4 +1,4 @@
-"""The search driver as the paper's code (issue 10), on a scorer whose scores are a fixed
+"""The search driver as the paper's code, on a scorer whose scores are a fixed
 function of the masks (no networks): sequential per-group edge selection, resume inside it,
 per-cell-count kernel settings in the specs, the digest and the searches rows."""
 from __future__ import annotations
