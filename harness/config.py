@@ -28,6 +28,8 @@ PRUNING_METHODS: dict[str, tuple[str, ...]] = {
     "regions": ("rn",),
     "cn-only": ("cn_meta",),
 }
+# The paper's four pruning methods (the proxy methods below join PRUNING_METHODS after them).
+PAPER_PRUNING_METHODS: tuple[str, ...] = tuple(PRUNING_METHODS)
 # --- Zero-cost proxy search methods (kept in this one block) ---------------------------
 # "<proxy>" prunes with that proxy of kernels.proxies alone and "<proxy>+regions" with the
 # proxy and the linear regions, both through Algorithm 1's ranking (harness.ranking:
@@ -41,6 +43,8 @@ PRUNING_METHODS.update(
 # -------------------------------------------------------------------------------------------
 # Methods that produce a genotype without scoring.
 FIXED_METHODS: tuple[str, ...] = ("random", "metanas")
+# Display order of the methods in reports (design section 5); other methods follow alphabetically.
+METHOD_ORDER: tuple[str, ...] = (*PAPER_PRUNING_METHODS, *FIXED_METHODS)
 GENOTYPE_METHOD_PREFIX = "genotype:"  # e.g. "genotype:metanas_og_v2": any registry entry
 DATASET_NAMES: tuple[str, ...] = ("synthetic", "omniglot", "mini_imagenet", "tiered_imagenet")
 

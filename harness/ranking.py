@@ -264,9 +264,6 @@ def choose_prunes(ranked: Iterable[Candidate]) -> dict[tuple[int, int], Candidat
     return best
 
 
-# Edges feeding each intermediate node: node 0 <- edges 0,1; node 1 <- 2..4; node 2 <- 5..8.
-EDGE_GROUPS: tuple[tuple[int, int], ...] = ((0, 2), (2, 5), (5, 9))
-
 
 def keep_edges(ranked: Sequence[Candidate], keep: int = 2) -> tuple[int, ...]:
     """The `keep` edges of one node group to keep: those last in the prune order (highest

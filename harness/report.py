@@ -24,11 +24,10 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 from harness import store
+from harness.config import METHOD_ORDER
 from harness.markdown import markdown_table
 from trainers.stats import paired_tau_difference, rank_correlation, t_halfwidth
 
-# Display order of the methods (design section 5); unknown methods follow alphabetically.
-METHOD_ORDER: tuple[str, ...] = ("metantk", "tenas", "regions", "cn-only", "random", "metanas")
 BASELINE_METHOD = "random"
 
 # Proxy column -> whether a larger raw value predicts a better architecture. Condition

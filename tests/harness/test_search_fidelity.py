@@ -10,7 +10,7 @@ import pytest
 
 from harness import store
 from harness.config import parse_config
-from harness.ranking import EDGE_GROUPS
+from harness.search import EDGE_GROUPS
 from harness.scoring import N_EDGES, N_OPS, Score, spec_from_config
 from harness.search import (SEARCH_ROUNDS, SearchInterrupted, config_digest, edge_candidates, next_edge_group,
                             run_searches)
