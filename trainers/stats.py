@@ -5,8 +5,8 @@ intervals, and the one-way intraclass correlation.
 What it is for: one implementation of each statistic, so a trial's episode interval, the
 report's interval across seeds and the leaderboard's correlations are computed the same
 way. Pure functions of arrays; randomness only through a `numpy.random.Generator` passed
-in. scipy is imported inside the functions that need it, so importing this module (done
-by every trainer process) stays cheap.
+in. scipy and torch are imported inside the functions that need them, so importing this
+module stays cheap and torch-free (the config and the report modules import it).
 
 - `mean_confidence_interval` (torch float64 reductions, input validated) and
   `t_halfwidth` (numpy, permissive: NaN when undefined) share `student_t_halfwidth`,
@@ -25,9 +25,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-from torch import Tensor
+
+if TYPE_CHECKING:  # torch is imported where used: the config and reports stay torch-free
+    from torch import Tensor
 
 __all__ = [
     "student_t_halfwidth",
@@ -71,13 +74,15 @@ def t_halfwidth(values: Sequence[float] | np.ndarray, confidence: float = 0.95) 
     return student_t_halfwidth(float(x.std(ddof=1)), int(x.size), confidence)
 
 
-def mean_confidence_interval(accs: Sequence[float] | Tensor, confidence: float = 0.95) -> tuple[float, float]:
+def mean_confidence_interval(accs: Sequence[float] | "Tensor", confidence: float = 0.95) -> tuple[float, float]:
     """Mean and Student-t half width: ``t_{(1+c)/2, n-1} * std(ddof=1) / sqrt(n)``.
 
     accs: (n,) accuracies (any shape, flattened); torch float64 reductions. With a single
     value the interval is undefined and the half width is ``nan`` (an explicit "unknown",
     never 0). Raises ``ValueError`` for no values or non-finite ones.
     """
+    import torch
+
     values = torch.as_tensor(accs, dtype=torch.float64).flatten()
     n = values.numel()
     if n == 0:
