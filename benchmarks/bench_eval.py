@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_eval.py [--device cpu|cuda] [--episodes 600] [--dim 768]
                                               [--sklearn-episodes 100] [--train-batches 5]
 
-Part 1 (evaluation, issue 5): fixed random L2-normalised features of a 64-class split
+Part 1 (evaluation): fixed random L2-normalised features of a 64-class split
 (`--dim`, default 768 = the feature size of the paper's 5-cell C=48 network), 5-way 1-shot
 and 5-shot episodes with 15 queries. Times `trainers.fewshot.evaluate_episodes` (all
 episodes of a batch fitted at once by batched Newton in float64 on `--device`) against one

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_kernels.py [--device cpu|cuda|cuda:1] [--repeats 3]
         [--quick] [--threads N] [--backends hooks,func,opacus,loop] [--json out.json]
 
-Part 1, the paper's kernel setting (issue 3; REFERENCE.md "Kernel batch"): supernet C=48,
+Part 1, the paper's kernel setting (REFERENCE.md "Kernel batch"): supernet C=48,
 5 cells, GroupNorm, all ops active, 3 tasks x (5 query + 5 support) = 30 random 32x32 images,
 5-way head. For each backend: seconds for ``condition_number(meta_ntk(empirical_ntk(...)))``
 (MAML, t = inf, c = 1e-3, sum of logits, weights only), against the compute floor = one batched

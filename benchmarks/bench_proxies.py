@@ -1,4 +1,4 @@
-"""Seconds per architecture of every proxy of kernels.proxies (issue 14).
+"""Seconds per architecture of every proxy of kernels.proxies.
 
 The study's setting: the kernel supernet of an experiment restricted to a sampled genotype
 (`search_spaces.supernet.genotype_masks`), its kernel task batch and region inputs, scored

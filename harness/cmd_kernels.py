@@ -42,13 +42,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_verify_kernels(args: argparse.Namespace) -> int:
     """Print the error table; 0 when errors (a) and (b) shrink with width, else 1."""
-    from harness.theory import (KernelCheckConfig, check_kernels, kernel_report, parse_widths,
-                                torch_threads, write_kernel_outputs)
+    from harness.theory_report import kernel_report, write_kernel_outputs
+    from trainers import theory
 
-    config = KernelCheckConfig(widths=parse_widths(args.widths), seed=args.seed, depth=args.depth,
-                               repeats=args.repeats, inner_steps=args.inner_steps)
-    with torch_threads(args.threads):
-        result = check_kernels(config, progress=not args.no_progress)
+    config = theory.KernelCheckConfig(widths=theory.parse_widths(args.widths), seed=args.seed, depth=args.depth,
+                                      repeats=args.repeats, inner_steps=args.inner_steps)
+    with theory.torch_threads(args.threads):
+        result = theory.check_kernels(config, progress=not args.no_progress)
     print(kernel_report(result))
     if args.out is not None:
         for path in write_kernel_outputs(result, args.out):

@@ -49,20 +49,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_verify_theory(args: argparse.Namespace) -> int:
     """Print the table and the files written; 0 when the Theorem-2 error shrinks, else 1."""
-    from harness.theory import (TheoryConfig, check_theory, parse_widths, theory_report, torch_threads,
-                                write_theory_outputs)
+    from harness.theory_report import theory_report, write_theory_outputs
+    from trainers import theory
 
     quick = args.quick
     widths_text = args.widths or ("64,512" if quick else "256,1024,4096")
-    options: dict = dict(widths=parse_widths(widths_text), seed=args.seed, depth=args.depth,
+    options: dict = dict(widths=theory.parse_widths(widths_text), seed=args.seed, depth=args.depth,
                          inner_steps=args.inner_steps,
                          outer_steps=args.steps if args.steps is not None else (20 if quick else 80),
                          repeats=args.repeats if args.repeats is not None else (1 if quick else 3))
     if quick:
         options.update(n_train_tasks=3, n_test_tasks=2)
-    config = TheoryConfig(**options)
-    with torch_threads(args.threads):
-        result = check_theory(config, progress=not args.no_progress)
+    config = theory.TheoryConfig(**options)
+    with theory.torch_threads(args.threads):
+        result = theory.check_theory(config, progress=not args.no_progress)
     print(theory_report(result))
     for path in write_theory_outputs(result, args.out):
         print(f"wrote {path}")

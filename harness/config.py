@@ -3,8 +3,8 @@
 An experiment file (see `experiments/*.toml`) has the tables `[experiment]`, `[dataset]`,
 `[search]`, `[train]`, `[evaluate]` and `[resources]`. Every key is checked: an unknown key, a
 wrong type or an impossible value raises `ConfigError` naming the key, the file and the valid
-choices, before any work starts. `resolve()` gives the fully defaulted config back as TOML text
-so the exact settings are written next to the results.
+choices, before any work starts. `to_toml()` gives the fully defaulted config back as TOML
+text so the exact settings are written next to the results.
 """
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ PRUNING_METHODS: dict[str, tuple[str, ...]] = {
     "regions": ("rn",),
     "cn-only": ("cn_meta",),
 }
-# --- Zero-cost proxy search methods (issue 14; kept in this one block) -------------------
+# The paper's four pruning methods (the proxy methods below join PRUNING_METHODS after them).
+PAPER_PRUNING_METHODS: tuple[str, ...] = tuple(PRUNING_METHODS)
+# --- Zero-cost proxy search methods (kept in this one block) ---------------------------
 # "<proxy>" prunes with that proxy of kernels.proxies alone and "<proxy>+regions" with the
 # proxy and the linear regions, both through Algorithm 1's ranking (harness.ranking:
 # `oriented_delta`). "regions" is already a method of its own. Measure "proxy:<name>".
@@ -41,6 +43,8 @@ PRUNING_METHODS.update(
 # -------------------------------------------------------------------------------------------
 # Methods that produce a genotype without scoring.
 FIXED_METHODS: tuple[str, ...] = ("random", "metanas")
+# Display order of the methods in reports (design section 5); other methods follow alphabetically.
+METHOD_ORDER: tuple[str, ...] = (*PAPER_PRUNING_METHODS, *FIXED_METHODS)
 GENOTYPE_METHOD_PREFIX = "genotype:"  # e.g. "genotype:metanas_og_v2": any registry entry
 DATASET_NAMES: tuple[str, ...] = ("synthetic", "omniglot", "mini_imagenet", "tiered_imagenet")
 
@@ -157,14 +161,14 @@ class ResourcesSection:
 
 @dataclass(frozen=True)
 class StudySection:
-    """Proxy-quality study (issue 6): score every searched/sampled genotype at initialisation."""
+    """Proxy-quality study: score every searched/sampled genotype at initialisation."""
 
     proxies: bool = False            # compute CN (MetaNTK MAML, ANIL; NTK) and regions per genotype
     repeats: int = 3                 # weight/batch redraws averaged per proxy
     anil_inner_time: float = math.inf
     anil_reg: float = 1e-3
     n_boot: int = 1000               # bootstrap resamples for the correlation intervals
-    # Issue 14: proxies of kernels.proxies scored besides the four columns above (same
+    # Proxies of kernels.proxies scored besides the four columns above (same
     # weights, batch and repeats), and training seeds per genotype (() = one training with
     # the search seed, trial id = search id; else one trial "<search id>-t<seed>" per seed).
     zero_cost: tuple[str, ...] = ()
@@ -320,7 +324,7 @@ def _positive(cfg: ExperimentConfig) -> None:
 
 
 # ----------------------------------------------------------------------------- names and bounds
-# (issue 16: hostile input). Kept apart from `_positive` so other checks merge cleanly.
+# of hostile input (names, sizes, paths). Kept apart from `_positive` so other checks merge cleanly.
 
 _NAME_MAX = 100
 
@@ -628,7 +632,3 @@ def to_toml(cfg: ExperimentConfig) -> str:
         for f in fields(section):
             lines.append(f"{f.name} = {_toml_value(getattr(section, f.name))}")
     return "\n".join(lines) + "\n"
-
-
-def as_dict(cfg: ExperimentConfig) -> dict[str, Any]:
-    return {name: dataclasses.asdict(getattr(cfg, name)) for name in SECTIONS}

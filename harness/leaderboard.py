@@ -1,13 +1,13 @@
-"""The proxy leaderboard (issue 14): which training-free score predicts few-shot accuracy,
+"""The proxy leaderboard: which training-free score predicts few-shot accuracy,
 and by how much better than the parameter count?
 
 Input: the study's tables (`harness.study`): `proxy_scores` (one value per genotype, proxy
 and weight/batch redraw, with its seconds), `proxies` (per genotype the mean accuracy over
 its trainings and the evaluation network's parameter count) and `trials` (one row per
 training, for the target's own retest reliability). Pure functions of DataFrames; only
-`write_figures` writes files. The statistics are those of `harness.report` (Kendall tau-b
-and Spearman rho with percentile-bootstrap intervals: `_correlate`; paired bootstrap of a
-difference in tau: `_paired_difference`), reused, not copied.
+`write_figures` writes files. The statistics come from `trainers.stats`, shared with
+`harness.report` (Kendall tau-b and Spearman rho with percentile-bootstrap intervals:
+`rank_correlation`; paired bootstrap of a difference in tau: `paired_tau_difference`).
 
 Per proxy and target (1-shot, 5-shot accuracy), `leaderboard_table` gives:
 
@@ -38,9 +38,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
-
+from harness.markdown import markdown_table
 from kernels.proxy_names import PROXY_DIRECTIONS, PROXY_NAMES
+from trainers.stats import (icc_oneway, kendall_tau, oriented_ranks, paired_tau_difference, partial_spearman,
+                            rank_correlation)
 
 REFERENCE = "cn_metantk_maml"     # the paper's score
 BASELINE = "params"               # column of the `proxies` table (evaluation network)
@@ -85,10 +86,8 @@ def proxy_cost(scores: pd.DataFrame) -> pd.Series:
 
 def _tau(a: np.ndarray, b: np.ndarray) -> float:
     """Kendall tau-b on the rows where both are non-NaN (infinities rank last/first)."""
-    from harness.report import _kendall, proxy_scores
-
     keep = ~np.isnan(a) & ~np.isnan(b)
-    return _kendall(proxy_scores(a[keep], True), proxy_scores(b[keep], True))
+    return kendall_tau(oriented_ranks(a[keep], True), oriented_ranks(b[keep], True))
 
 
 def redraw_reliability(scores: pd.DataFrame) -> pd.Series:
@@ -102,25 +101,6 @@ def redraw_reliability(scores: pd.DataFrame) -> pd.Series:
         taus = [t for t in taus if math.isfinite(t)]
         out[proxy] = float(np.mean(taus)) if taus else math.nan
     return pd.Series(out, dtype=np.float64)
-
-
-def icc_oneway(x: np.ndarray) -> tuple[float, float]:
-    """One-way random-effects intraclass correlations of x (n targets, k ratings).
-
-    MSB = k * sum_i (mean_i - mean)^2 / (n - 1), MSW = sum_ij (x_ij - mean_i)^2 / (n (k - 1));
-    ICC(1) = (MSB - MSW) / (MSB + (k - 1) MSW) (one rating), ICC(k) = (MSB - MSW) / MSB
-    (the mean of k ratings; Shrout & Fleiss 1979). NaN for n < 2, k < 2 or MSB = 0.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] < 2:
-        return math.nan, math.nan
-    n, k = x.shape
-    row = x.mean(axis=1)
-    msb = k * ((row - x.mean()) ** 2).sum() / (n - 1)
-    msw = ((x - row[:, None]) ** 2).sum() / (n * (k - 1))
-    if msb <= 0:
-        return math.nan, math.nan
-    return float((msb - msw) / (msb + (k - 1) * msw)), float((msb - msw) / msb)
 
 
 def target_reliability(trials: pd.DataFrame) -> pd.DataFrame:
@@ -146,17 +126,6 @@ def target_reliability(trials: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["target", "n", "trainings", "retest_tau", "icc1", "icck"])
 
 
-def partial_spearman(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> float:
-    """Spearman correlation of x and y given z (rows with NaN left out; NaN if undefined)."""
-    keep = ~np.isnan(x) & ~np.isnan(y) & ~np.isnan(z)
-    if keep.sum() < 3 or min(np.ptp(v[keep]) for v in (x, y, z)) == 0:
-        return math.nan
-    r = stats.spearmanr(np.column_stack([x[keep], y[keep], z[keep]])).statistic
-    rxy, rxz, ryz = r[0, 1], r[0, 2], r[1, 2]
-    den = math.sqrt((1 - rxz ** 2) * (1 - ryz ** 2))
-    return float((rxy - rxz * ryz) / den) if den > 0 else math.nan
-
-
 def joined_frame(proxies: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
     """Per genotype: dataset, params, accuracies and every proxy's aggregated value."""
     matrix = proxy_matrix(scores)
@@ -167,8 +136,6 @@ def joined_frame(proxies: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
 def leaderboard_table(proxies: pd.DataFrame, scores: pd.DataFrame, *, n_boot: int = 1000,
                       seed: int = 0) -> pd.DataFrame:
     """One row per (dataset, proxy, target); see the module doc for the columns' meaning."""
-    from harness.report import _correlate, _paired_difference
-
     frame = joined_frame(proxies, scores)
     names = _ordered([c for c in frame.columns if c in PROXY_DIRECTIONS])
     cost, redraw = proxy_cost(scores), redraw_reliability(scores)
@@ -184,7 +151,7 @@ def leaderboard_table(proxies: pd.DataFrame, scores: pd.DataFrame, *, n_boot: in
             for target in TARGETS:
                 y = part[target].to_numpy(np.float64)
                 row: dict[str, Any] = {"dataset": dataset, "proxy": proxy, "target": target}
-                row |= _correlate(x, y, higher, n_boot, rng)
+                row |= rank_correlation(x, y, higher, n_boot, rng)
                 finite = np.where(np.isinf(oriented), np.sign(oriented) * np.finfo(np.float64).max, oriented)
                 row["partial_rho_params"] = partial_spearman(finite, y, size)
                 for label, other, other_higher in (("metantk", part.get(REFERENCE), False),
@@ -193,8 +160,8 @@ def leaderboard_table(proxies: pd.DataFrame, scores: pd.DataFrame, *, n_boot: in
                         row |= {f"dtau_{label}": math.nan, f"dtau_{label}_lo": math.nan,
                                 f"dtau_{label}_hi": math.nan}
                         continue
-                    d = _paired_difference(x, np.asarray(other, np.float64), y, higher, other_higher, n_boot,
-                                           pair_rng)
+                    d = paired_tau_difference(x, np.asarray(other, np.float64), y, higher, other_higher,
+                                              n_boot, pair_rng)
                     row |= {f"dtau_{label}": d["tau_diff"], f"dtau_{label}_lo": d["diff_lo"],
                             f"dtau_{label}_hi": d["diff_hi"]}
                 row["redraw_tau"] = float(redraw.get(proxy, math.nan))
@@ -229,7 +196,7 @@ def _num(value: float, fmt: str = "{:+.2f}") -> str:
 
 def leaderboard_markdown(table: pd.DataFrame, reliability: pd.DataFrame) -> str:
     """Per target a table sorted by Kendall tau (best first), then the target's ceiling."""
-    from harness.report import format_seconds, markdown_table
+    from harness.report import format_seconds
 
     parts = []
     for target, part in table.groupby("target", sort=False):
@@ -257,7 +224,7 @@ def leaderboard_section(data: Mapping[str, pd.DataFrame], *, n_boot: int = 1000,
     table = leaderboard_table(proxies, scores, n_boot=n_boot, seed=seed)
     reliability = target_reliability(data["trials"]) if "trials" in data else target_reliability(pd.DataFrame(
         columns=["search_id", "trial_id", *TARGETS]))
-    lines = ["", "## Proxy leaderboard (issue 14)", "",
+    lines = ["", "## Proxy leaderboard", "",
              "Oriented so that positive = predictive; Δτ: paired bootstrap of the difference in Kendall τ; "
              "redraw τ: agreement of two weight/batch redraws; s / arch: seconds per architecture and redraw.",
              "", leaderboard_markdown(table, reliability)]

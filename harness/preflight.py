@@ -1,4 +1,4 @@
-"""Checks that run before a command does any work or writes any file (issue 16).
+"""Checks that run before a command does any work or writes any file.
 
 Everything that can be known from the config and the dataset is checked here, so a typo is
 one line (`ConfigError`, exit 2) and never a half-written results folder whose state the

@@ -61,7 +61,7 @@ def relative_delta(origin: float, pruned: float) -> float:
 
 def oriented_delta(origin: float, pruned: float, higher_is_better: bool) -> float:
     """Change of a proxy when an op is pruned, oriented for the CN slot of the ranking
-    (ranked descending: the largest value is the most prunable candidate). Issue 14.
+    (ranked descending: the largest value is the most prunable candidate).
 
     With the proxy's "goodness" ``g = value`` (higher is better) or ``-value`` (lower is
     better): ``(g_pruned - g_origin) / |g_origin|`` (``|g_origin| = 0``: the plain difference),
@@ -263,9 +263,6 @@ def choose_prunes(ranked: Iterable[Candidate]) -> dict[tuple[int, int], Candidat
             best[key] = c
     return best
 
-
-# Edges feeding each intermediate node: node 0 <- edges 0,1; node 1 <- 2..4; node 2 <- 5..8.
-EDGE_GROUPS: tuple[tuple[int, int], ...] = ((0, 2), (2, 5), (5, 9))
 
 
 def keep_edges(ranked: Sequence[Candidate], keep: int = 2) -> tuple[int, ...]:

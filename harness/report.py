@@ -23,12 +23,11 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
-
 from harness import store
+from harness.config import METHOD_ORDER
+from harness.markdown import markdown_table
+from trainers.stats import paired_tau_difference, rank_correlation, t_halfwidth
 
-# Display order of the methods (design section 5); unknown methods follow alphabetically.
-METHOD_ORDER: tuple[str, ...] = ("metantk", "tenas", "regions", "cn-only", "random", "metanas")
 BASELINE_METHOD = "random"
 
 # Proxy column -> whether a larger raw value predicts a better architecture. Condition
@@ -76,19 +75,6 @@ def _require(frame: pd.DataFrame, columns: Iterable[str], what: str) -> None:
 
 def _method_key(method: str) -> tuple[int, str]:
     return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
-
-
-def t_halfwidth(values: Sequence[float] | np.ndarray, confidence: float = 0.95) -> float:
-    """Half-width of the Student-t interval of the mean of `values` (n >= 2), else NaN.
-
-    values: (n,) finite floats. Returns t_{(1+confidence)/2, n-1} * std(ddof=1) / sqrt(n).
-    """
-    x = np.asarray(values, dtype=np.float64)
-    n = x.size
-    if n < 2:
-        return math.nan
-    t = stats.t.ppf(0.5 + confidence / 2.0, n - 1)
-    return float(t * x.std(ddof=1) / math.sqrt(n))
 
 
 @dataclass(frozen=True)
@@ -231,56 +217,6 @@ def _delta(method: pd.DataFrame, base: pd.DataFrame | None, shot: str) -> dict[s
 # ----------------------------------------------------------------------------- correlations
 
 
-def _tau_b_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Kendall tau-b per row. x, y: (B, n) -> (B,), NaN for a constant row.
-
-    tau_b = sum_ij sign(dx) sign(dy) / sqrt(sum_ij sign(dx)^2 * sum_ij sign(dy)^2), the
-    tie-corrected form scipy.stats.kendalltau uses (pairs counted twice in every sum).
-    """
-    b, n = x.shape
-    out = np.empty(b, dtype=np.float64)
-    chunk = max(1, 2_000_000 // max(1, n * n))  # bound the (chunk, n, n) temporaries
-    for lo in range(0, b, chunk):
-        sx = np.sign(x[lo:lo + chunk, :, None] - x[lo:lo + chunk, None, :])
-        sy = np.sign(y[lo:lo + chunk, :, None] - y[lo:lo + chunk, None, :])
-        num = (sx * sy).sum(axis=(1, 2))
-        den = np.sqrt((sx * sx).sum(axis=(1, 2)) * (sy * sy).sum(axis=(1, 2)))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[lo:lo + chunk] = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
-    return out
-
-
-def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Spearman rho per row (Pearson of average ranks). x, y: (B, n) -> (B,), NaN if constant."""
-    rx = stats.rankdata(x, axis=1)
-    ry = stats.rankdata(y, axis=1)
-    rx -= rx.mean(axis=1, keepdims=True)
-    ry -= ry.mean(axis=1, keepdims=True)
-    num = (rx * ry).sum(axis=1)
-    den = np.sqrt((rx * rx).sum(axis=1) * (ry * ry).sum(axis=1))
-    return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
-
-
-def _percentiles(samples: np.ndarray) -> tuple[float, float]:
-    """2.5th and 97.5th percentiles of the finite bootstrap values (NaN if none)."""
-    finite = samples[np.isfinite(samples)]
-    if finite.size == 0:
-        return math.nan, math.nan
-    lo, hi = np.percentile(finite, [2.5, 97.5])
-    return float(lo), float(hi)
-
-
-def proxy_scores(values: pd.Series | np.ndarray, higher_is_better: bool) -> np.ndarray:
-    """Ranks of a proxy, oriented so that a higher rank predicts a better architecture.
-
-    values: (n,) finite or +-inf (an infinite condition number ranks worst). Ties get the
-    average rank. Rank correlations are invariant to this monotone map, and ranks, unlike
-    -inf, can be subtracted in the bootstrap.
-    """
-    v = np.asarray(values, dtype=np.float64)
-    return stats.rankdata(v if higher_is_better else -v)
-
-
 def _higher_is_better(column: str) -> bool:
     """Orientation of a proxy or baseline column (PROXIES, BASELINES)."""
     oriented = PROXIES | BASELINES
@@ -300,25 +236,12 @@ def _proxy_label(column: str) -> str:
     return f"{column} (baseline)" if column in BASELINES else column
 
 
-def _undefined(score: np.ndarray, y: np.ndarray) -> bool:
-    """Rank correlation of two (n,) arrays undefined: n < 2 or a constant one.
-
-    scipy warns and returns NaN on constant input; callers say NaN directly instead.
-    """
-    return score.size < 2 or np.ptp(score) == 0 or np.ptp(y) == 0
-
-
-def _kendall(score: np.ndarray, y: np.ndarray) -> float:
-    """Kendall tau-b (scipy) of two (n,) arrays; NaN when `_undefined`."""
-    return math.nan if _undefined(score, y) else float(stats.kendalltau(score, y).statistic)
-
-
 def correlation_table(proxies: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Rank correlation of each training-free proxy with few-shot accuracy, per dataset.
 
     For every proxy column present (PROXIES) and target (acc_1shot, acc_5shot): Kendall tau-b
-    and Spearman rho (scipy.stats) between the oriented proxy (see `proxy_scores`) and the
-    accuracy, with 95% percentile-bootstrap intervals from `n_boot` row resamples drawn by
+    and Spearman rho (`trainers.stats.rank_correlation`) between the oriented proxy (ranks, an
+    infinite condition number worst) and the accuracy, with 95% percentile-bootstrap intervals from `n_boot` row resamples drawn by
     `numpy.random.default_rng(seed)`. Rows with a NaN proxy or accuracy are left out (`n`
     counts the rest; `n_inf` the infinite proxy values kept as worst).
 
@@ -342,34 +265,13 @@ def correlation_table(proxies: pd.DataFrame, *, n_boot: int = 1000, seed: int = 
             for target in TARGETS:
                 rows.append({"dataset": dataset, "proxy": proxy, "target": target,
                              "orientation": _orientation(proxy)}
-                            | _correlate(frame[proxy].to_numpy(dtype=np.float64),
-                                         frame[target].to_numpy(dtype=np.float64),
-                                         _higher_is_better(proxy), n_boot,
-                                         baseline_rng if proxy in BASELINES else rng))
+                            | rank_correlation(frame[proxy].to_numpy(dtype=np.float64),
+                                               frame[target].to_numpy(dtype=np.float64),
+                                               _higher_is_better(proxy), n_boot,
+                                               baseline_rng if proxy in BASELINES else rng))
     columns = ["dataset", "proxy", "target", "orientation", "n", "n_inf", "kendall_tau",
                "kendall_lo", "kendall_hi", "spearman_rho", "spearman_lo", "spearman_hi"]
     return pd.DataFrame(rows, columns=columns)
-
-
-def _correlate(proxy: np.ndarray, acc: np.ndarray, higher_is_better: bool, n_boot: int,
-               rng: np.random.Generator) -> dict[str, float | int]:
-    """Point estimates and bootstrap intervals for one (proxy, target) pair."""
-    keep = ~np.isnan(proxy) & ~np.isnan(acc)
-    score = proxy_scores(proxy[keep], higher_is_better)
-    y = acc[keep]
-    n = int(keep.sum())
-    out: dict[str, float | int] = {"n": n, "n_inf": int(np.isinf(proxy[keep]).sum())}
-    out["kendall_tau"] = _kendall(score, y)
-    out["spearman_rho"] = (math.nan if _undefined(score, y)
-                           else float(stats.spearmanr(score, y).statistic))
-    if n >= 2 and n_boot > 0:
-        idx = rng.integers(0, n, size=(n_boot, n))
-        out["kendall_lo"], out["kendall_hi"] = _percentiles(_tau_b_rows(score[idx], y[idx]))
-        out["spearman_lo"], out["spearman_hi"] = _percentiles(_spearman_rows(score[idx], y[idx]))
-    else:
-        out |= {"kendall_lo": math.nan, "kendall_hi": math.nan,
-                "spearman_lo": math.nan, "spearman_hi": math.nan}
-    return out
 
 
 def proxy_difference_table(proxies: pd.DataFrame, *,
@@ -380,7 +282,7 @@ def proxy_difference_table(proxies: pd.DataFrame, *,
     For every dataset, pair (a, b) in `pairs` whose two columns are present (pairs with a
     missing column are skipped; a name outside PROXIES and BASELINES is a ValueError) and
     target (acc_1shot, acc_5shot): tau_a and tau_b, the Kendall tau-b of each oriented proxy
-    (as in `correlation_table`: `proxy_scores`, an infinite condition number ranks worst)
+    (as in `correlation_table`: `oriented_ranks`, an infinite condition number ranks worst)
     with the accuracy, and tau_diff = tau_a - tau_b. Both are computed on the same rows:
     those where a, b and the target are all non-NaN (`n`), so tau_a can differ from the
     correlation table's when the other proxy has NaNs. The 95% interval [diff_lo, diff_hi]
@@ -407,36 +309,14 @@ def proxy_difference_table(proxies: pd.DataFrame, *,
         for a, b in present:
             for target in TARGETS:
                 rows.append({"dataset": dataset, "proxy_a": a, "proxy_b": b, "target": target}
-                            | _paired_difference(frame[a].to_numpy(dtype=np.float64),
-                                                 frame[b].to_numpy(dtype=np.float64),
-                                                 frame[target].to_numpy(dtype=np.float64),
-                                                 _higher_is_better(a), _higher_is_better(b),
-                                                 n_boot, rng))
+                            | paired_tau_difference(frame[a].to_numpy(dtype=np.float64),
+                                                    frame[b].to_numpy(dtype=np.float64),
+                                                    frame[target].to_numpy(dtype=np.float64),
+                                                    _higher_is_better(a), _higher_is_better(b),
+                                                    n_boot, rng))
     columns = ["dataset", "proxy_a", "proxy_b", "target", "n", "tau_a", "tau_b", "tau_diff",
                "diff_lo", "diff_hi", "frac_positive"]
     return pd.DataFrame(rows, columns=columns)
-
-
-def _paired_difference(a: np.ndarray, b: np.ndarray, acc: np.ndarray, a_higher: bool,
-                       b_higher: bool, n_boot: int,
-                       rng: np.random.Generator) -> dict[str, float | int]:
-    """tau(a) - tau(b) with a paired bootstrap interval for one (pair, target)."""
-    keep = ~np.isnan(a) & ~np.isnan(b) & ~np.isnan(acc)
-    sa, sb = proxy_scores(a[keep], a_higher), proxy_scores(b[keep], b_higher)
-    y = acc[keep]
-    n = int(keep.sum())
-    tau_a, tau_b = _kendall(sa, y), _kendall(sb, y)
-    out: dict[str, float | int] = {"n": n, "tau_a": tau_a, "tau_b": tau_b,
-                                   "tau_diff": tau_a - tau_b}
-    if n >= 2 and n_boot > 0:
-        idx = rng.integers(0, n, size=(n_boot, n))  # one draw, used by both taus
-        diffs = _tau_b_rows(sa[idx], y[idx]) - _tau_b_rows(sb[idx], y[idx])
-        out["diff_lo"], out["diff_hi"] = _percentiles(diffs)
-        finite = diffs[np.isfinite(diffs)]
-        out["frac_positive"] = float((finite > 0).mean()) if finite.size else math.nan
-    else:
-        out |= {"diff_lo": math.nan, "diff_hi": math.nan, "frac_positive": math.nan}
-    return out
 
 
 # ----------------------------------------------------------------------------- Markdown
@@ -472,22 +352,6 @@ def _fmt_corr(value: float, lo: float, hi: float) -> str:
     if not math.isfinite(value):
         return "–"
     return f"{value:+.3f}" + (f" [{lo:+.3f}, {hi:+.3f}]" if math.isfinite(lo) else "")
-
-
-def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]],
-                   align: str | None = None) -> str:
-    """A GitHub-flavoured Markdown table; align: one 'l'/'r' per column (default left)."""
-    align = align or "l" * len(headers)
-    if len(align) != len(headers):
-        raise ValueError(f"align {align!r} needs one letter per column ({len(headers)})")
-
-    def cell(value: object) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
-
-    rule = ["---:" if a == "r" else "---" for a in align]
-    lines = ["| " + " | ".join(map(cell, headers)) + " |", "| " + " | ".join(rule) + " |"]
-    lines += ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 _DAGGER_NOTE = ("± is the 95% t-interval across seeds of the per-seed episode means; † marks "

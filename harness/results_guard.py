@@ -1,4 +1,4 @@
-"""One command per results folder at a time, and a way out of old state (issue 16).
+"""One command per results folder at a time, and a way out of old state.
 
 `folder_lock(results_dir)`: an exclusive `fcntl.flock` on `results_dir/.lock`, held for the
 whole command. The kernel drops the lock when the process ends in any way (exit, Ctrl-C,

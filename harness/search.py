@@ -14,7 +14,7 @@ After each round the state of every search is checkpointed (`state/searches.json
 and the round's candidate rows are written under a deterministic key, so `resume=True`
 continues from the last finished round and ends with the genotype an uninterrupted run gives.
 
-Proxy methods (issue 14, `harness.config.PRUNING_METHODS`): "<proxy>" ranks the proxy in the
+Proxy methods (`harness.config.PRUNING_METHODS`): "<proxy>" ranks the proxy in the
 CN slot (`measure_delta`: oriented so the op whose removal costs the proxy least is pruned
 first), "<proxy>+regions" adds the regions slot. Their candidate rows hold the proxy's
 values in the `cn_origin`/`cn_pruned` columns (the primary score of the method).
@@ -29,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Hashable, Iterable
+from typing import Any, Hashable
 
 import numpy as np
 
@@ -37,19 +37,19 @@ from harness import store
 from harness.config import (FIXED_METHODS, GENOTYPE_METHOD_PREFIX, PROXY_MEASURE_PREFIX, PRUNING_METHODS,
                             ExperimentConfig, absolute_root, to_toml)
 from harness.errors import UserError
-from harness.ranking import (EDGE_GROUPS, Candidate, choose_prunes, keep_edges, oriented_delta,
-                             rank_candidates, ranking_mode, relative_delta)
+from harness.ranking import (Candidate, choose_prunes, keep_edges, oriented_delta, rank_candidates, ranking_mode,
+                             relative_delta)
 from harness.scoring import N_CELL_TYPES, N_EDGES, N_OPS, Job, Score, ScoreSpec, generator, spec_from_config
+from search_spaces.genotypes import CELL_TYPES, INPUTS_PER_NODE, NODE_EDGES
 
 STATE_FILE = "state/searches.json"
-CELL_NAMES = ("normal", "reduce")
-# Measure names of harness.scoring per method. The CN column (and rank) of a method is its
-# one CN measure or, for a proxy method (issue 14), its proxy: `primary_measure`.
-METHOD_MEASURES: dict[str, tuple[str, ...]] = dict(PRUNING_METHODS)
 
 
 def primary_measure(measures: tuple[str, ...]) -> str | None:
-    """The measure ranked in the CN slot: a condition number or a "proxy:<name>"."""
+    """The measure ranked in the CN slot: a condition number or a "proxy:<name>".
+
+    measures: a method's measure names (`harness.config.PRUNING_METHODS[method]`); the CN
+    column (and rank) of a method is its one CN measure or, for a proxy method, its proxy."""
     return next((m for m in measures if m.startswith(("cn", PROXY_MEASURE_PREFIX))), None)
 
 
@@ -101,7 +101,7 @@ class SearchState:
     cells: int
     stage: str = "ops"                    # ops | edges | done
     round: int = 0                        # scoring rounds finished
-    masks: list = field(default_factory=lambda: np.ones((2, N_EDGES, N_OPS), bool).tolist())
+    masks: list = field(default_factory=lambda: np.ones((N_CELL_TYPES, N_EDGES, N_OPS), bool).tolist())
     genotype: str = ""
     candidates: int = 0
     device_seconds: float = 0.0
@@ -133,14 +133,26 @@ def fixed_genotype(plan: SearchPlan, experiment_seed: int):
 
 def op_candidates(masks: np.ndarray) -> list[tuple[int, int, int]]:
     """Active ops on edges that still have more than one: (cell_type, edge, op)."""
-    return [(c, e, o) for c in range(2) for e in range(N_EDGES) if masks[c, e].sum() > 1
+    return [(c, e, o) for c in range(N_CELL_TYPES) for e in range(N_EDGES) if masks[c, e].sum() > 1
             for o in range(N_OPS) if masks[c, e, o]]
 
 
-KEEP_EDGES = 2  # inputs per intermediate node of a DARTS cell
+KEEP_EDGES = INPUTS_PER_NODE  # inputs per intermediate node of a DARTS cell
+# Edges feeding each intermediate node: node 0 <- edges 0,1; node 1 <- 2..4; node 2 <- 5..8.
+EDGE_GROUPS: tuple[tuple[int, int], ...] = NODE_EDGES
 # Rounds of a pruning search: 6 op rounds (7 ops -> 1 per edge), then one per node group with
 # more than 2 inputs in each cell type (groups (2,5) and (5,9), normal and reduce).
 SEARCH_ROUNDS = (N_OPS - 1) + N_CELL_TYPES * sum(1 for lo, hi in EDGE_GROUPS if hi - lo > KEEP_EDGES)
+
+
+def pruning_network_count() -> int:
+    """Networks one pruning search scores per repeat: every op candidate of the op rounds
+    (round r has N_OPS - r active ops on each of the N_CELL_TYPES x N_EDGES edges), every edge
+    of a node group with more than KEEP_EDGES inputs, and one origin per round. For the DARTS
+    space: 126+108+90+72+54+36 op candidates, 3+4 edges per cell type, 10 rounds."""
+    n_op = N_CELL_TYPES * N_EDGES * sum(N_OPS - r for r in range(N_OPS - 1))
+    n_edge = N_CELL_TYPES * sum(hi - lo for lo, hi in EDGE_GROUPS if hi - lo > KEEP_EDGES)
+    return n_op + n_edge + SEARCH_ROUNDS
 
 
 def active_edges(masks: np.ndarray, cell_type: int, lo: int = 0, hi: int = N_EDGES) -> list[int]:
@@ -188,7 +200,7 @@ def genotype_from_masks(masks: np.ndarray):
         for e in active_edges(masks, c):
             ops = np.flatnonzero(masks[c, e])
             if len(ops) != 1:
-                raise RuntimeError(f"edge {e} of {CELL_NAMES[c]} cell has {len(ops)} ops at edge selection")
+                raise RuntimeError(f"edge {e} of {CELL_TYPES[c]} cell has {len(ops)} ops at edge selection")
             out[e] = PRIMITIVES[int(ops[0])]
         return out
 
@@ -284,7 +296,7 @@ def _candidate_rows(cfg: ExperimentConfig, plan: SearchState, dataset: str, roun
         op_name = PRIMITIVES[c.op] if c.op >= 0 else "edge"
         rows.append({
             "experiment": cfg.experiment.name, "dataset": dataset, "method": plan.method, "seed": plan.seed,
-            "cells": plan.cells, "search_id": plan.search_id, "round": round_, "cell_type": CELL_NAMES[c.cell_type],
+            "cells": plan.cells, "search_id": plan.search_id, "round": round_, "cell_type": CELL_TYPES[c.cell_type],
             "edge": c.edge, "op": op_name, "repeats": cfg.search.repeats,
             "cn_origin": avg(origin.get(cn_name)) if cn_name else math.nan,
             "cn_pruned": avg(r.get(cn_name)) if cn_name else math.nan,
@@ -344,9 +356,8 @@ def run_searches(cfg: ExperimentConfig, pool: Any, *, resume: bool = False, stop
     _save_state(results_dir, digest, states)
     repeats = cfg.search.repeats
     # One bar per pruning search, counting scored networks (candidates + origins, x repeats);
-    # tqdm's rate is then candidates/s. Total: 126+108+90+72+54+36 op candidates, 3+4+3+4 edges,
-    # and one origin per round.
-    total = (sum(range(36, 127, 18)) + 14 + SEARCH_ROUNDS) * repeats
+    # tqdm's rate is then candidates/s.
+    total = pruning_network_count() * repeats
     bars = search_bars([s for s in states if s.method in PRUNING_METHODS], total, progress)
     while True:
         active = [s for s in states if s.stage in ("ops", "edges")]
@@ -358,7 +369,7 @@ def run_searches(cfg: ExperimentConfig, pool: Any, *, resume: bool = False, stop
             masks = np.array(s.masks, dtype=bool)
             cands = op_candidates(masks) if s.stage == "ops" else edge_candidates(masks)
             cands_of[s.search_id] = cands
-            measures = METHOD_MEASURES[s.method]
+            measures = PRUNING_METHODS[s.method]
             items: list[tuple[Hashable, np.ndarray]] = [((s.search_id, "origin"), masks)]
             items += [((s.search_id, cand), pruned(masks, cand)) for cand in cands]
             per_job = cfg.search.candidates_per_job
@@ -384,7 +395,7 @@ def run_searches(cfg: ExperimentConfig, pool: Any, *, resume: bool = False, stop
 
         for s in active:
             masks = np.array(s.masks, dtype=bool)
-            measures = METHOD_MEASURES[s.method]
+            measures = PRUNING_METHODS[s.method]
             cn_name = primary_measure(measures)
             sid = s.search_id
             origin = {m: [scores[((sid, "origin"), r)].value(m) for r in range(repeats)] for m in measures}
@@ -489,9 +500,3 @@ def network_params(cfg: ExperimentConfig, genotype: Any, cells: int) -> int:
     channels = cfg.train.init_channels or cfg.search.init_channels
     net = Network(genotype, channels, n_classes, cells, in_channels=int(split.images.shape[1]))
     return int(sum(p.numel() for p in net.parameters()))
-
-
-def iter_states(results_dir: Path) -> Iterable[SearchState]:
-    path = Path(results_dir) / STATE_FILE
-    if path.is_file():
-        yield from (SearchState.from_json(d) for d in json.loads(path.read_text())["searches"])

@@ -86,7 +86,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("seed", _I64), ("cells", _I32), ("ways", _I32), ("shots", _I32), ("queries", _I32),
         ("episode", _I32), ("accuracy", _F64),
     ),
-    # One row per sampled genotype of the proxy-quality study (issue 6).
+    # One row per sampled genotype of the proxy-quality study.
     "proxies": _schema(
         ("experiment", _STR), ("dataset", _STR), ("genotype_id", _STR), ("genotype", _STR),
         ("seed", _I64), ("cells", _I32),

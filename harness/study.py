@@ -1,4 +1,4 @@
-"""Proxy-quality study (issue 6): do training-free scores at initialisation predict accuracy?
+"""Proxy-quality study: do training-free scores at initialisation predict accuracy?
 
 For every genotype of an experiment (in `experiments/correlation_omniglot.toml` each seed of
 the `random` method is one uniformly sampled genotype) four proxies are measured on the
@@ -31,7 +31,7 @@ Aggregation over `study.repeats` repeats: condition numbers by the geometric mea
 ill-conditioned draw), with `inf` if any repeat is `inf` (a singular kernel is not averaged
 away) and NaN if any is NaN; regions by the arithmetic mean.
 
-Issue 14 adds two things. `[study] zero_cost` names further proxies of `kernels.proxies`
+Zero-cost proxies add two things. `[study] zero_cost` names further proxies of `kernels.proxies`
 (synflow, snip, ..., see `kernels.proxy_names`), measured as "proxy:<name>" with the MAML
 spec: the same weights, batch, region inputs and repeats as the four columns, each with its
 own seconds. Every proxy value per (genotype, proxy, repeat) goes to the long

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from trainers.augment import Normalization, make_augment, resize, to_float
 from trainers.rfs import derive_seed
+from trainers.stats import mean_confidence_interval  # re-exported: callers import it from here
 
 __all__ = [
     "evaluate_episodes",
@@ -510,29 +511,3 @@ def _augmented_support_features(
                 x = resize(x, image_size)
             out.append(_features(model, x))
     return torch.cat(out).cpu()
-
-
-# ----------------------------------------------------------------------- statistics
-
-
-def mean_confidence_interval(accs: Sequence[float] | Tensor, confidence: float = 0.95) -> tuple[float, float]:
-    """Mean and Student-t half width: ``t_{(1+c)/2, n-1} * std(ddof=1) / sqrt(n)``.
-
-    With a single value the interval is undefined and the half width is ``nan`` (an
-    explicit "unknown", never 0). Raises ``ValueError`` for no values or non-finite ones.
-    """
-    from scipy.stats import t as student_t
-
-    values = torch.as_tensor(accs, dtype=torch.float64).flatten()
-    n = values.numel()
-    if n == 0:
-        raise ValueError("mean_confidence_interval: no accuracies given; evaluate some episodes")
-    if not bool(torch.isfinite(values).all()):
-        raise ValueError("mean_confidence_interval: accuracies contain NaN or inf")
-    if not 0 < confidence < 1:
-        raise ValueError(f"mean_confidence_interval: confidence={confidence} must be in (0, 1)")
-    mean = float(values.mean())
-    if n == 1:
-        return mean, math.nan
-    half = float(student_t.ppf((1 + confidence) / 2, n - 1)) * float(values.std(correction=1)) / math.sqrt(n)
-    return mean, half

@@ -3,8 +3,10 @@ of its trained meta-outputs (paper Theorems 1 and 2), for the theory checks.
 
 What it is for: `metantk-nas verify-theory` trains wide ReLU MLPs (`ReLUMLP`, NTK
 parameterisation, the finite-width twin of `kernels.analytic`) with full-batch MAML and
-compares the result with the MetaNTK prediction. Pure torch; the kernels are passed in
-(trainers do not import kernels), so the prediction helpers are plain linear algebra.
+compares the result with the MetaNTK prediction. Pure torch; the kernels are passed in,
+so the prediction helpers are plain linear algebra. The gradient-descent filter `gd_filter`
+applies the spectral weights of `kernels.meta` (the MetaNTK's discrete inner loop), so the
+theory check and the kernel it checks share one formula.
 
 Conventions (shared with `kernels.second_order` and the discrete form of `kernels.meta`):
 - inner loop on task i: s steps of gradient descent, step `inner_lr`, on
@@ -26,6 +28,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+
+from kernels.meta import spectral_weights
 
 __all__ = [
     "ReLUMLP",
@@ -217,13 +221,9 @@ def gd_filter(matrix: Tensor, lr: float, steps: int | None, *, rcond: float = 1e
         keep = evals > rcond * evals.abs().max().clamp_min(torch.finfo(torch.float64).tiny)
         h = torch.where(keep, 1.0 / torch.where(keep, evals, 1.0), torch.zeros_like(evals))
     else:
-        x = lr * evals
-        # 1 - (1 - x)^s without cancellation for small x: -expm1(s log1p(-x)) when x < 1.
-        small = x < 1.0
-        numer = torch.where(small, -torch.expm1(steps * torch.log1p(-torch.where(small, x, 0.0))),
-                            1.0 - torch.pow(1.0 - x, steps))
-        tiny = x.abs() * max(steps, 1) < 1e-12
-        h = torch.where(tiny, torch.full_like(x, lr * steps), numer / torch.where(tiny, 1.0, evals))
+        # f(s) = (1 - (1 - lr s)^steps) / s, limit lr * steps at s = 0: the discrete inner-loop
+        # weights of the MetaNTK (stable for tiny lr * s), the same function, not a copy.
+        h = spectral_weights(evals, reg=0.0, inner_lr=lr, inner_steps=steps)
     return (evecs * h) @ evecs.T
 
 

@@ -1,4 +1,4 @@
-"""CLI conveniences of issue 13: reproducible `evaluate`, episode-list names, progress that suits
+"""CLI conveniences: reproducible `evaluate`, episode-list names, progress that suits
 a log, `--version`, `--debug` anywhere, `render --format pdf`, declared dependencies."""
 from __future__ import annotations
 

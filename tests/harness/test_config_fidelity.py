@@ -1,4 +1,4 @@
-"""Config for the paper's runs (issue 10): every shipped file validates, per-cell-count kernels,
+"""Config for the paper's runs: every shipped file validates, per-cell-count kernels,
 `--set` overrides typed like the file, and every late refusal of the trainer, evaluator or
 scorer mirrored up front."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The `history` table: one row per trial and epoch, pinned schema, idempotent writes (issue 13)."""
+"""The `history` table: one row per trial and epoch, pinned schema, idempotent writes."""
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,4 @@
-"""Proxy leaderboard (issue 14): statistics against hand-computed values, the report section,
+"""Proxy leaderboard: statistics against hand-computed values, the report section,
 the figures, and the study's `train_seeds` / `zero_cost` that feed it."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every paper experiment file runs end to end (issue 10): search, Tune training, evaluation
+"""Every paper experiment file runs end to end: search, Tune training, evaluation
 with its own support augmentation, report -- on tiny miniImageNet / tieredImageNet copies in
 the real on-disk formats (the writers of tests/trainers/conftest.py), with only scale keys
 reduced through `--set`. One run per file, the smallest settings: ~0.5-1 min each on 2 cores."""

@@ -1,4 +1,4 @@
-"""Every proxy is a search method (issue 14): config names, oriented deltas, scorer measures,
+"""Every proxy is a search method: config names, oriented deltas, scorer measures,
 and an Algorithm 1 search driven by a proxy whose best choice is known (Ray-free)."""
 from __future__ import annotations
 

@@ -217,17 +217,6 @@ def test_correlation_drops_nan_and_handles_constant() -> None:
     assert math.isnan(by.loc[("cn_metantk_anil", "acc_1shot"), "kendall_tau"])
 
 
-def test_vectorised_bootstrap_statistics_match_scipy() -> None:
-    rng = np.random.default_rng(3)
-    x = rng.integers(0, 6, size=(5, 15)).astype(float)  # many ties
-    y = rng.normal(size=(5, 15)).round(1)
-    taus = report._tau_b_rows(x, y)
-    rhos = report._spearman_rows(x, y)
-    for i in range(5):
-        assert taus[i] == pytest.approx(stats.kendalltau(x[i], y[i]).statistic)
-        assert rhos[i] == pytest.approx(stats.spearmanr(x[i], y[i]).statistic)
-
-
 def test_correlation_bootstrap_is_seeded() -> None:
     rng = np.random.default_rng(1)
     frame = _monotone_proxies(15)

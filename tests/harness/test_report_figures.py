@@ -1,4 +1,4 @@
-"""Figures, the HTML report and its check in a real headless browser (issue 13).
+"""Figures, the HTML report and its check in a real headless browser.
 
 A results folder is built from hand-made rows (no Ray, no training): two methods x two
 seeds with trials, history, one pruning search's candidates, rendered cells and proxies.

@@ -1,4 +1,4 @@
-"""The search driver as the paper's code (issue 10), on a scorer whose scores are a fixed
+"""The search driver as the paper's code, on a scorer whose scores are a fixed
 function of the masks (no networks): sequential per-group edge selection, resume inside it,
 per-cell-count kernel settings in the specs, the digest and the searches rows."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 
 from harness import store
 from harness.config import parse_config
-from harness.ranking import EDGE_GROUPS
+from harness.search import EDGE_GROUPS
 from harness.scoring import N_EDGES, N_OPS, Score, spec_from_config
 from harness.search import (SEARCH_ROUNDS, SearchInterrupted, config_digest, edge_candidates, next_edge_group,
                             run_searches)

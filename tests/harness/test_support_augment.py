@@ -1,5 +1,5 @@
 """A trial evaluates with `evaluate.support_augment` copies made by its training recipe's
-transform (issue 10: it raised ValueError after the whole training before)."""
+transform (it once raised ValueError after the whole training)."""
 from __future__ import annotations
 
 import dataclasses

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import harness.theory as theory
+import trainers.theory as theory
 from harness.cli import main
 
 
