@@ -634,28 +634,32 @@ def trial_outputs(spec: TrialSpec, result: Any, summary: dict[int, tuple[float, 
         "episodes": spec.eval_episodes, "acc_1shot": summary.get(1, nan)[0], "ci_1shot": summary.get(1, nan)[1],
         "acc_5shot": summary.get(5, nan)[0], "ci_5shot": summary.get(5, nan)[1], "device_kind": device_kind,
         "config_json": json.dumps(asdict(spec), sort_keys=True, default=list),
+        "git_sha": "",  # the driver's, stamped when it writes the row (`write_trial_outputs`)
     }
     return {"trial_id": spec.trial_id, "history": history_rows(spec, list(result.history)), "trials": [trial_row],
             "episodes": [{**base, "trial_id": spec.trial_id, **r} for r in episode_rows]}
 
 
-def write_trial_outputs(results_dir: str | Path, outputs: dict[str, Any]) -> None:
-    """Write a finished trial's rows (`trial_outputs`) under its trial id: idempotent, a
-    second call replaces the files. `trials` goes last: with `episodes` it marks the trial done."""
+def write_trial_outputs(results_dir: str | Path, outputs: dict[str, Any], git_sha: str = "") -> None:
+    """Write a finished trial's rows (`trial_outputs`) under its trial id, its `trials` row
+    stamped with `git_sha` (the code the driver shipped): idempotent, a second call replaces
+    the files. `trials` goes last: with `episodes` it marks the trial done."""
     trial_id = outputs["trial_id"]
     write_history_table(results_dir, trial_id, outputs["history"])
     store.write_rows(results_dir, "episodes", trial_id, outputs["episodes"])
-    store.write_rows(results_dir, "trials", trial_id, outputs["trials"])
+    store.write_rows(results_dir, "trials", trial_id, [{**row, "git_sha": git_sha} for row in outputs["trials"]])
 
 
 def write_trial_rows(spec: TrialSpec, result: Any, summary: dict[int, tuple[float, float]],
                      episode_rows: list[dict[str, Any]], *, params: int, device_kind: str) -> None:
     """`write_trial_outputs` into `spec.results_dir` (the driver's side of a trial run in-process)."""
+    from harness.provenance import code_version
+
     write_trial_outputs(spec.results_dir, trial_outputs(spec, result, summary, episode_rows, params=params,
-                                                        device_kind=device_kind))
+                                                        device_kind=device_kind), code_version())
 
 
-def collect_trial_outputs(results_dir: str | Path, checkpoint_dir: str | Path) -> str | None:
+def collect_trial_outputs(results_dir: str | Path, checkpoint_dir: str | Path, git_sha: str = "") -> str | None:
     """Bring a finished trial home: copy the model file and write the rows held by its last
     checkpoint folder (`run_trial`) into `results_dir`. Returns the trial id, or None when the
     checkpoint is an epoch's (no outputs yet). Idempotent: files are replaced, never appended."""
@@ -665,7 +669,7 @@ def collect_trial_outputs(results_dir: str | Path, checkpoint_dir: str | Path) -
     outputs = json.loads((folder / OUTPUTS_NAME).read_text())
     # the model first: a trial counts as done by its rows, so the rows never point to a missing model
     store.write_bytes_atomic(model_file_path(results_dir, outputs["trial_id"]), (folder / MODEL_NAME).read_bytes())
-    write_trial_outputs(results_dir, outputs)
+    write_trial_outputs(results_dir, outputs, git_sha)
     return outputs["trial_id"]
 
 
@@ -711,13 +715,18 @@ def run_trials(cfg: ExperimentConfig, specs: list[TrialSpec], *, verbose: int = 
     """
     from ray import tune
 
-    from harness.ray_session import ensure_ray, trial_resources
+    from harness.ray_session import attached, ensure_ray, trial_resources
 
     report_set_aside(store.set_aside_unreadable(cfg.results_dir, ("trials", "episodes")))
     if not missing_trials(cfg.results_dir, specs):
         return sorted(finished_trials(cfg.results_dir))
     ensure_episode_lists(cfg)
+    storage, explicit = tune_storage(cfg)
     cluster = ensure_ray(cfg.resources.address, cfg.resources.num_cpus)
+    if attached(cfg.resources.address):
+        from harness.cluster_checks import check_cluster
+
+        check_cluster(cfg, storage, explicit)
     labels = {trial_label(s): asdict(s) for s in specs}
     if len(labels) != len(specs):
         raise ValueError(f"trial labels are not unique: {sorted(trial_label(s) for s in specs)}")
@@ -725,10 +734,9 @@ def run_trials(cfg: ExperimentConfig, specs: list[TrialSpec], *, verbose: int = 
     # from the results folder.
     trainable = tune.with_resources(tune.with_parameters(run_trial, specs=labels,
                                                          episode_lists=load_episode_lists(cfg.results_dir, specs[0])),
-                                    trial_resources(cluster, cfg.resources.trial_cpus))
-    storage = (cfg.results_dir / "tune").resolve()
+                                    trial_resources(cluster, cfg.resources.trial_cpus, cfg.resources.trial_gpus))
     name = f"trials-{_specs_digest(specs)}"
-    path = storage / name
+    path = f"{storage.rstrip('/')}/{name}"
     started = time.perf_counter()
     # Tune restores its experiment (interrupted trials resume from their last epoch). Its
     # bookkeeping may call a trial finished whose rows were deleted or set aside since: then
@@ -736,9 +744,9 @@ def run_trials(cfg: ExperimentConfig, specs: list[TrialSpec], *, verbose: int = 
     _fit(_tuner(cfg, trainable, labels, storage, name, verbose), cfg, path, started)
     missing = missing_trials(cfg.results_dir, specs)
     if missing:
-        stale = path.with_name(f"{name}.stale-{time.time_ns()}")
-        path.rename(stale)
-        print(f"warning: Tune's record {stale.name} called {len(missing)} trial(s) finished that have no rows "
+        stale = f"{name}.stale-{time.time_ns()}"
+        _move_experiment(path, f"{storage.rstrip('/')}/{stale}")
+        print(f"warning: Tune's record {stale} called {len(missing)} trial(s) finished that have no rows "
               f"({', '.join(sorted(missing)[:3])}); moved it aside and running them again", file=sys.stderr)
         again = {label: d for label, d in labels.items() if d["trial_id"] in missing}
         _fit(_tuner(cfg, trainable, again, storage, name, verbose), cfg, path, started)
@@ -761,15 +769,41 @@ def missing_trials(results_dir: Path, specs: list[TrialSpec]) -> set[str]:
     return {s.trial_id for s in specs} - finished_trials(results_dir)
 
 
-def _tuner(cfg: ExperimentConfig, trainable: Any, labels: dict[str, dict[str, Any]], storage: Path, name: str,
+def tune_storage(cfg: ExperimentConfig) -> tuple[str, bool]:
+    """(Tune's storage_path, whether `[resources] storage` set it): RESULTS_DIR/tune by default,
+    else the configured folder (absolute) or pyarrow.fs URI (s3://..., gs://..., file://...)."""
+    from harness.ray_session import is_uri
+
+    storage = cfg.resources.storage
+    if not storage:
+        return str((cfg.results_dir / "tune").resolve()), False
+    return (storage if is_uri(storage) else str(Path(storage).expanduser().resolve())), True
+
+
+def _move_experiment(source: str, target: str) -> None:
+    """Rename a Tune experiment folder on its storage (a local path or a pyarrow.fs URI)."""
+    import pyarrow.fs
+
+    from harness.ray_session import is_uri
+
+    if not is_uri(source):
+        Path(source).rename(target)
+        return
+    fs, src = pyarrow.fs.FileSystem.from_uri(source)
+    _, dst = pyarrow.fs.FileSystem.from_uri(target)
+    fs.move(src, dst)
+
+
+def _tuner(cfg: ExperimentConfig, trainable: Any, labels: dict[str, dict[str, Any]], storage: str, name: str,
            verbose: int) -> Any:
     """Restore Tune's experiment `storage/name`, or start one over the trials `labels`."""
     from ray import tune
 
-    path = storage / name
+    from harness.provenance import code_version
     from harness.tune_callbacks import TrialRowsCallback
 
-    callbacks = [TrialRowsCallback(cfg.results_dir, labels)]
+    path = f"{storage.rstrip('/')}/{name}"
+    callbacks = [TrialRowsCallback(cfg.results_dir, labels, code_version())]
     if tune.Tuner.can_restore(str(path)):
         # Restoring takes the run config (callbacks included) from the stored experiment; this
         # run's callback, with this run's results folder, replaces the stored one (Ray 2.60's
@@ -784,7 +818,7 @@ def _tuner(cfg: ExperimentConfig, trainable: Any, labels: dict[str, dict[str, An
         param_space={"trial": tune.grid_search(list(labels))},
         tune_config=tune.TuneConfig(num_samples=1),
         run_config=tune.RunConfig(
-            name=name, storage_path=str(storage), verbose=verbose,
+            name=name, storage_path=storage, verbose=verbose,
             failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             callbacks=callbacks,
@@ -792,7 +826,7 @@ def _tuner(cfg: ExperimentConfig, trainable: Any, labels: dict[str, dict[str, An
     )
 
 
-def _fit(tuner: Any, cfg: ExperimentConfig, path: Path, started: float) -> None:
+def _fit(tuner: Any, cfg: ExperimentConfig, path: str, started: float) -> None:
     """`tuner.fit()`; RuntimeError if a trial failed for good, KeyboardInterrupt if Tune stopped early.
 
     On Ctrl-C Tune saves its state and returns from `fit` as if it had finished; without

@@ -24,9 +24,10 @@ class TrialRowsCallback(tune.Callback):
     experiment.
     """
 
-    def __init__(self, results_dir: str | Path, specs: dict[str, dict[str, Any]]) -> None:
+    def __init__(self, results_dir: str | Path, specs: dict[str, dict[str, Any]], git_sha: str = "") -> None:
         self.results_dir = Path(results_dir)
         self.specs = specs
+        self.git_sha = git_sha  # the driver's code version, stamped on the trials rows
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         # epoch reports carry `epoch_seconds`; the final report carries the outputs instead
@@ -36,4 +37,4 @@ class TrialRowsCallback(tune.Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if trial.checkpoint is not None:
             with trial.checkpoint.as_directory() as folder:
-                collect_trial_outputs(self.results_dir, folder)
+                collect_trial_outputs(self.results_dir, folder, self.git_sha)

@@ -108,6 +108,163 @@ def test_a_trial_that_cannot_write_the_results_folder_still_has_all_its_rows(tmp
     assert list(trials["trial_id"]) == [spec.trial_id] and trials["acc_1shot"].between(0, 1).all()
     assert len(store.read_table(cfg.results_dir, "episodes")) == 4
     assert sorted(store.read_table(cfg.results_dir, "history")["epoch"]) == [1, 2]
+    from harness.provenance import code_version
+
+    assert list(trials["git_sha"]) == [code_version()]  # stamped by the driver
     model = cfg.results_dir / "models" / f"{spec.trial_id}.pt"
     _, summary = evaluate_model_file(model, EvalOverrides(), "cpu")  # the driver's copy reproduces the row
     assert summary[1][0] == trials["acc_1shot"].iloc[0]
+
+
+# ----------------------------------------------------------------------------- storage, code version
+
+
+def test_tune_storage_defaults_to_the_results_folder_and_keeps_uris(tmp_path):
+    from harness.trials import tune_storage
+
+    assert tune_storage(tiny_config(tmp_path)) == (str((tmp_path / "cluster" / "tune").resolve()), False)
+    assert tune_storage(tiny_config(tmp_path, storage="s3://bucket/runs")) == ("s3://bucket/runs", True)
+    shared = tmp_path / "shared" / "tune"
+    assert tune_storage(tiny_config(tmp_path, storage=str(shared))) == (str(shared.resolve()), True)
+
+
+def test_storage_flag_reaches_the_config(tmp_path, repo_root):
+    import argparse
+
+    from harness.cmd_search import add_common_experiment_args, load_experiment
+
+    parser = argparse.ArgumentParser()
+    add_common_experiment_args(parser)
+    args = parser.parse_args([str(repo_root / "experiments" / "smoke.toml"), "--storage", "gs://b/x"])
+    assert load_experiment(args).resources.storage == "gs://b/x"
+
+
+def test_a_node_local_storage_on_a_multi_node_cluster_is_refused():
+    from harness.errors import UserError
+    from harness.ray_session import check_storage_for_cluster
+
+    with pytest.raises(UserError, match=r"cluster of 3 nodes.*node-local /r/tune; set \[resources\] storage"):
+        check_storage_for_cluster("/r/tune", explicit=False, nodes=3)
+    check_storage_for_cluster("/r/tune", explicit=False, nodes=1)      # one machine: fine
+    check_storage_for_cluster("s3://b/tune", explicit=False, nodes=3)  # a URI: fine
+    check_storage_for_cluster("/nfs/tune", explicit=True, nodes=3)     # a shared mount: probed per node
+
+
+def test_attaching_ships_the_project_packages():
+    from harness.ray_session import CODE_PACKAGES, code_runtime_env
+
+    modules = [Path(p) for p in code_runtime_env()["py_modules"]]
+    assert [m.name for m in modules] == list(CODE_PACKAGES)
+    assert all((m / "__init__.py").is_file() for m in modules)
+
+
+def test_code_version_is_the_checkout_sha_or_empty(tmp_path, monkeypatch):
+    import re
+
+    from harness import provenance
+
+    provenance.code_version.cache_clear()
+    assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", provenance.code_version())
+    monkeypatch.setattr(provenance, "_REPO", tmp_path)  # not a git checkout
+    provenance.code_version.cache_clear()
+    try:
+        assert provenance.code_version() == ""
+    finally:
+        monkeypatch.undo()
+        provenance.code_version.cache_clear()
+
+
+def test_git_sha_column_is_stamped_by_the_driver_and_old_files_read_as_unknown(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from harness.trials import collect_trial_outputs
+
+    results = tmp_path / "results"
+    collect_trial_outputs(results, write_checkpoint_folder(tmp_path / "a", fake_outputs("t1", 0.5)), "abc123")
+    assert list(store.read_table(results, "trials")["git_sha"]) == ["abc123"]
+    # a trials file written before the column existed
+    old = store.rows_to_table("trials", fake_outputs("t0", 0.25)["trials"])
+    old = old.drop_columns(["git_sha"])
+    assert "git_sha" not in old.schema.names
+    pq.write_table(old, store.table_path(results, "trials", "t0"))
+    trials = store.read_table(results, "trials").set_index("trial_id")
+    assert trials.loc["t0", "git_sha"] == "" and trials.loc["t1", "git_sha"] == "abc123"
+    assert trials.loc["t0", "acc_1shot"] == 0.25
+    assert list(store.read_table(results, "trials").columns) == store.SCHEMAS["trials"].names
+    assert pa.types.is_string(store.SCHEMAS["searches"].field("git_sha").type)
+
+
+# ----------------------------------------------------------------------------- fractional GPUs
+
+
+def test_trial_resources_take_fractions_of_a_gpu():
+    from harness.errors import UserError
+    from harness.ray_session import how_many_fit, trial_resources
+
+    gpu_node = {"CPU": 8.0, "GPU": 1.0}
+    quarter = trial_resources(gpu_node, 1.0, 0.25)
+    assert quarter == {"cpu": 1.0, "gpu": 0.25} and how_many_fit(gpu_node, quarter) == 4
+    assert how_many_fit({"CPU": 2.0, "GPU": 1.0}, quarter) == 2  # the CPUs bind first
+    assert trial_resources(gpu_node, 1.0, 1.0) == {"cpu": 1.0, "gpu": 1.0}
+    assert trial_resources(gpu_node, 2.0, 0.0) == {"cpu": 2.0}  # trial_gpus = 0: CPU only
+    assert trial_resources({"CPU": 2.0}, 4.0, 0.5) == {"cpu": 2.0}  # no GPUs: CPUs, at most the cluster's
+    with pytest.raises(UserError, match="asks for 2 GPUs but the cluster has 1; lower \\[resources\\] trial_gpus"):
+        trial_resources(gpu_node, 1.0, 2.0)
+    assert how_many_fit({"CPU": 3.0, "GPU": 2.0}, {"cpu": 1.0, "gpu": 0.1}) == 3
+
+
+def test_scorer_actors_take_fractions_of_a_gpu():
+    from harness.scorers import scorer_plan
+
+    assert scorer_plan({"CPU": 16.0, "GPU": 2.0}, 0, 0.5) == (4, {"num_gpus": 0.5, "num_cpus": 1})
+    assert scorer_plan({"CPU": 16.0, "GPU": 2.0}, 3, 0.5) == (3, {"num_gpus": 0.5, "num_cpus": 1})
+    assert scorer_plan({"CPU": 16.0, "GPU": 2.0}, 0, 1.0) == (2, {"num_gpus": 1.0, "num_cpus": 1})
+    assert scorer_plan({"CPU": 3.0}, 0, 0.5) == (3, {"num_cpus": 1})
+
+
+@pytest.mark.parametrize("key", ["trial_gpus", "gpus_per_worker"])
+def test_gpu_shares_above_one_must_be_whole(tmp_path, key):
+    from harness.errors import ConfigError
+
+    assert getattr(tiny_config(tmp_path, **{key: 0.25}).resources, key) == 0.25
+    assert getattr(tiny_config(tmp_path, **{key: 2}).resources, key) == 2
+    with pytest.raises(ConfigError, match=f"resources.{key} = 1.5 must be a fraction of one GPU"):
+        tiny_config(tmp_path, **{key: 1.5})
+
+
+# ----------------------------------------------------------------------------- data on every node
+
+
+def test_dataset_paths_name_the_root_and_its_split_files(tmp_path, omniglot_root):
+    from harness.cluster_checks import dataset_paths
+
+    assert dataset_paths(tiny_config(tmp_path)) == ()  # generated data: nothing to find
+    cfg = parse_config({"experiment": {"name": "o", "out": str(tmp_path)},
+                        "dataset": {"name": "omniglot", "root": str(omniglot_root)}}, source="t")
+    paths = dataset_paths(cfg)
+    assert paths[0] == str(omniglot_root.resolve()) and len(paths) > 1
+    assert all(Path(p).exists() for p in paths)
+
+
+def test_a_node_without_the_data_is_named():
+    from harness.cluster_checks import node_problems
+
+    nodes = [{"NodeID": "aaaa1111bbbb", "NodeManagerAddress": "10.0.0.1"},
+             {"NodeID": "cccc2222dddd", "NodeManagerAddress": "10.0.0.2"}]
+    assert node_problems(nodes, [[], []]) is None
+    line = node_problems(nodes, [[], ["/data/omniglot", "/data/omniglot/background"]])
+    assert line.startswith("Ray node 10.0.0.2 (node cccc2222) cannot see /data/omniglot (1 more path(s))")
+    assert "\n" not in line
+
+
+def test_the_probe_runs_on_every_node(tmp_path, ray_session):
+    from harness.cluster_checks import probe_nodes
+    from harness.errors import UserError
+    from harness.ray_session import alive_nodes
+
+    probe_nodes([str(tmp_path)])  # every node (here: one) sees it
+    missing = tmp_path / "not-here"
+    with pytest.raises(UserError, match=f"Ray node .* cannot see {missing}"):
+        probe_nodes([str(missing)])
+    assert len(alive_nodes()) >= 1
