@@ -268,3 +268,45 @@ def test_the_probe_runs_on_every_node(tmp_path, ray_session):
     with pytest.raises(UserError, match=f"Ray node .* cannot see {missing}"):
         probe_nodes([str(missing)])
     assert len(alive_nodes()) >= 1
+
+
+# ----------------------------------------------------------------------------- lost nodes
+
+
+SCENARIO = Path(__file__).with_name("cluster_scenario") / "lost_nodes.py"
+
+
+@pytest.mark.slow
+def test_lost_nodes_cost_only_the_work_in_flight(tmp_path, repo_root):
+    """A head and two worker nodes (declared GPUs) on this machine, in a subprocess (it cannot
+    share the session's Ray). The same experiment runs undisturbed, then while a worker node is
+    removed after the first search round and another after the first training epoch (a fresh
+    node added each time): same genotypes, same accuracies, no missing or duplicate rows."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo_root), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(SCENARIO), str(tmp_path)], env=env, cwd=repo_root,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    events = [e["event"] for e in json.loads((tmp_path / "events.json").read_text())]
+    assert events == ["reference run finished", "removed worker node 1 mid-search", "added worker node 3",
+                      "removed worker node 2 mid-training", "added worker node 4", "run with lost nodes finished"]
+    ref, lost = tmp_path / "ref", tmp_path / "lost"
+
+    def table(folder: Path, name: str, key: list[str]):
+        frame = store.read_table(folder, name)
+        assert not frame.duplicated(key).any(), f"duplicate {name} rows in {folder.name}"
+        return frame.drop(columns=["experiment"]).set_index(key).sort_index()
+
+    searches = [table(f, "searches", ["method", "seed", "cells"]) for f in (ref, lost)]
+    assert list(searches[0]["genotype"]) == list(searches[1]["genotype"]) and len(searches[0]) == 2
+    trials = [table(f, "trials", ["method", "seed", "cells"]) for f in (ref, lost)]
+    for column in ("genotype", "acc_1shot", "ci_1shot", "final_loss", "epochs"):
+        assert list(trials[0][column]) == list(trials[1][column]), column
+    episodes = [table(f, "episodes", ["method", "seed", "cells", "shots", "episode"]) for f in (ref, lost)]
+    assert list(episodes[0]["accuracy"]) == list(episodes[1]["accuracy"]) and len(episodes[0]) == 2 * 4
+    history = [table(f, "history", ["method", "seed", "cells", "epoch"]) for f in (ref, lost)]
+    assert list(history[0]["loss"]) == list(history[1]["loss"]) and len(history[0]) == 2 * 2
+    assert sorted(p.name for p in (lost / "models").glob("*.pt")) == sorted(p.name for p in (ref / "models").glob("*.pt"))
