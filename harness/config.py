@@ -311,7 +311,7 @@ def _positive(cfg: ExperimentConfig) -> None:
     for key in ("gpus_per_worker", "trial_gpus"):
         # Ray refuses a fractional request above one GPU ("1.5 GPUs"), only when the work starts
         value = getattr(r, key)
-        need(value <= 1 or value == int(value), f"resources.{key}",
+        need(value <= 1 or float(value).is_integer(), f"resources.{key}",
              f"= {value:g} must be a fraction of one GPU (<= 1) or a whole number of GPUs")
     need(r.max_failures >= 0, "resources.max_failures", "must be >= 0")
     need(cfg.study.repeats >= 1 and cfg.study.n_boot >= 1, "study.repeats/n_boot", "must be >= 1")
