@@ -310,3 +310,39 @@ def test_lost_nodes_cost_only_the_work_in_flight(tmp_path, repo_root):
     history = [table(f, "history", ["method", "seed", "cells", "epoch"]) for f in (ref, lost)]
     assert list(history[0]["loss"]) == list(history[1]["loss"]) and len(history[0]) == 2 * 2
     assert sorted(p.name for p in (lost / "models").glob("*.pt")) == sorted(p.name for p in (ref / "models").glob("*.pt"))
+
+
+@pytest.mark.slow
+def test_train_command_writes_git_sha_on_its_rows(tmp_path, ray_session, capsys):
+    """`train` (given genotypes, no search): its `searches` and `trials` rows carry the code
+    version. Before, `train` failed with NameError (kernel_columns) before training anything."""
+    from harness.cli import main
+    from harness.provenance import code_version
+    from search_spaces.genotypes import GENOTYPES
+
+    toml = tmp_path / "tiny.toml"
+    toml.write_text(f"""
+[experiment]
+name = "traincmd"
+out = "{tmp_path}"
+[dataset]
+name = "synthetic"
+options = {{ train_classes = 5, val_classes = 3, test_classes = 4, images_per_class = 10 }}
+[search]
+seeds = [0]
+cells = [2]
+init_channels = 4
+[train]
+recipe = "synthetic"
+epochs = 1
+batch_size = 25
+[evaluate]
+ways = 3
+shots = [1]
+queries = 3
+episodes = 4
+""")
+    assert main(["train", str(toml), "--genotype", next(iter(GENOTYPES)), "--no-progress"]) == 0
+    results = tmp_path / "traincmd"
+    assert list(store.read_table(results, "searches")["git_sha"]) == [code_version()]
+    assert list(store.read_table(results, "trials")["git_sha"]) == [code_version()]
