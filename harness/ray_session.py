@@ -48,13 +48,23 @@ def _speaks_grpc(sock: socket.socket) -> bool:
     return head[3] == _H2_SETTINGS
 
 
+# Ray Client addresses: refused (`check_reachable`): the harness's driver must be the process
+# that writes the results (issue 11), and under Ray Client Tune's controller runs on the head.
+RAY_CLIENT_SCHEME = "ray://"
+
+
 def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
-    """UserError within about `timeout` seconds unless a gRPC server listens at `address`.
+    """UserError within about `timeout` seconds unless a gRPC server listens at `address`
+    (and at once for a Ray Client `ray://` address, which the harness does not support).
 
     Ray itself retries an unreachable address, or one where something else listens, for
     minutes (and ignores Ctrl-C meanwhile); one bounded connect and HTTP/2 greeting tell a
     typo or a stopped cluster apart up front.
     """
+    if address.startswith(RAY_CLIENT_SCHEME):
+        raise UserError(f"--address {address}: Ray Client (ray://) runs Tune's driver side on the head node, "
+                        "whose disk would then get the results; run the command on a machine of the cluster "
+                        "with --address auto (or HEAD_IP:6379)")
     target = _host_port(address)
     if target is None:
         return

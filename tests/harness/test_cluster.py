@@ -346,3 +346,11 @@ episodes = 4
     results = tmp_path / "traincmd"
     assert list(store.read_table(results, "searches")["git_sha"]) == [code_version()]
     assert list(store.read_table(results, "trials")["git_sha"]) == [code_version()]
+
+
+def test_a_ray_client_address_is_refused_up_front():
+    from harness.errors import UserError
+    from harness.ray_session import check_reachable
+
+    with pytest.raises(UserError, match=r"Ray Client \(ray://\) runs Tune's driver side on the head node"):
+        check_reachable("ray://head:10001")
