@@ -650,15 +650,6 @@ def write_trial_outputs(results_dir: str | Path, outputs: dict[str, Any], git_sh
     store.write_rows(results_dir, "trials", trial_id, [{**row, "git_sha": git_sha} for row in outputs["trials"]])
 
 
-def write_trial_rows(spec: TrialSpec, result: Any, summary: dict[int, tuple[float, float]],
-                     episode_rows: list[dict[str, Any]], *, params: int, device_kind: str) -> None:
-    """`write_trial_outputs` into `spec.results_dir` (the driver's side of a trial run in-process)."""
-    from harness.provenance import code_version
-
-    write_trial_outputs(spec.results_dir, trial_outputs(spec, result, summary, episode_rows, params=params,
-                                                        device_kind=device_kind), code_version())
-
-
 def collect_trial_outputs(results_dir: str | Path, checkpoint_dir: str | Path, git_sha: str = "") -> str | None:
     """Bring a finished trial home: copy the model file and write the rows held by its last
     checkpoint folder (`run_trial`) into `results_dir`. Returns the trial id, or None when the
