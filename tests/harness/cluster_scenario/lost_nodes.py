@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -127,5 +128,11 @@ def main(out: Path) -> None:
         cluster.shutdown()
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    # the test's timeout sends SIGTERM: leave through `finally`, so the cluster's nodes stop too
+    raise SystemExit(f"terminated (signal {signum})")
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     main(Path(sys.argv[1]))
