@@ -18,11 +18,25 @@ def _report(cfg: Any) -> None:
         print(f"  {line}")
 
 
+def check_cluster_storage(cfg: Any) -> None:
+    """Attached to a cluster: its nodes see the dataset and Tune's storage suits it
+    (`harness.cluster_checks.check_cluster`). Nothing on the embedded local Ray."""
+    from harness.ray_session import attached, ensure_ray
+
+    if attached(cfg.resources.address):
+        from harness.cluster_checks import check_cluster
+        from harness.trials import tune_storage
+
+        ensure_ray(cfg.resources.address, cfg.resources.num_cpus)
+        check_cluster(cfg, *tune_storage(cfg))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.trials import run_trials, trial_specs
 
     cfg = load_experiment(args)
     with results_folder(cfg, args, search=True, train=True):
+        check_cluster_storage(cfg)  # on a cluster: before the searches, not when the trials start
         # A rerun always resumes: finished rounds, searches and trials are not redone.
         searches = run_search_stage(cfg, resume=True, progress=not args.no_progress)
         if cfg.study.proxies:
@@ -54,7 +68,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _train_genotypes(cfg: Any, args: argparse.Namespace, genotypes: list[Any]) -> None:
     from harness import store
-    from harness.search import network_params
+    from harness.provenance import code_version
+    from harness.search import kernel_columns, network_params
     from harness.trials import run_trials, trial_specs
 
     rows = []
@@ -67,7 +82,7 @@ def _train_genotypes(cfg: Any, args: argparse.Namespace, genotypes: list[Any]) -
                        "seed": seed, "cells": cells, "search_id": search_id, "genotype": genotype.to_str(),
                        "rounds": 0, "candidates": 0, "wall_seconds": 0.0, "device_seconds": 0.0, "workers": 0,
                        "device_kind": "none", "params": network_params(cfg, genotype, cells),
-                       **kernel_columns(cfg, "genotype", cells)}
+                       **kernel_columns(cfg, "genotype", cells), "git_sha": code_version()}
                 store.write_rows(cfg.results_dir, "searches", search_id, [row])
                 rows.append(row)
     run_trials(cfg, trial_specs(cfg, rows), verbose=0 if args.no_progress else 1)

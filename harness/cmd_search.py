@@ -13,6 +13,9 @@ def add_common_experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=None,
                    help="Ray address: 'auto' attaches to a running cluster (default: start a local Ray; "
                         "RAY_ADDRESS is honoured)")
+    p.add_argument("--storage", default=None,
+                   help="Tune's storage for trial checkpoints (default: RESULTS_DIR/tune; on a multi-node cluster "
+                        "a folder every node mounts, or a URI such as s3://bucket/path)")
     p.add_argument("--out", default=None, help="results root (default: [experiment] out, usually results/)")
     p.add_argument("--root", default=None, help="dataset root folder (overrides [dataset] root)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all cores)")
@@ -32,28 +35,20 @@ def load_experiment(args: argparse.Namespace) -> Any:
     overrides = {
         "experiment": {"out": args.out},
         "dataset": {"root": args.root},
-        "resources": {"workers": args.workers, "address": args.address, "num_cpus": args.num_cpus},
+        "resources": {"workers": args.workers, "address": args.address, "num_cpus": args.num_cpus,
+                      "storage": args.storage},
     }
     return load_config(args.experiment, overrides, sets=args.sets)
 
 
 def write_run_metadata(cfg: Any) -> None:
     """The resolved config and the git SHA of the code, next to the results."""
-    import subprocess
-    from pathlib import Path
-
     from harness import store
     from harness.config import to_toml
+    from harness.provenance import code_version
 
     store.write_text_atomic(cfg.results_dir / "config.toml", to_toml(cfg))
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                             cwd=Path(__file__).resolve().parent).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True,
-                               cwd=Path(__file__).resolve().parent).stdout.strip()
-        sha += "-dirty" if dirty else ""
-    except (OSError, subprocess.CalledProcessError):
-        sha = "unknown (not a git checkout)"
+    sha = code_version() or "unknown (not a git checkout)"
     store.write_text_atomic(cfg.results_dir / "git_sha.txt", sha + "\n")
 
 
@@ -87,10 +82,14 @@ def results_folder(cfg: Any, args: argparse.Namespace, *, search: bool, train: b
 
 
 def start_pool(cfg: Any) -> Any:
-    from harness.ray_session import ensure_ray
+    from harness.ray_session import attached, ensure_ray
     from harness.scorers import ScorerPool
 
     ensure_ray(cfg.resources.address, cfg.resources.num_cpus)
+    if attached(cfg.resources.address):  # every node sees the dataset before a scorer starts
+        from harness.cluster_checks import check_cluster
+
+        check_cluster(cfg)
     return ScorerPool(cfg.resources.workers, cfg.resources.gpus_per_worker, cfg.resources.candidate_batch)
 
 

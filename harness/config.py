@@ -153,6 +153,12 @@ class ResourcesSection:
     num_cpus: int = 0                # local Ray only; 0 = all cores
     max_failures: int = 2
     trial_cpus: float = 1.0
+    # GPUs of one trial (used when the cluster has GPUs; 0 = CPU only): a fraction packs several
+    # small trials on one GPU (0.25: four). `gpus_per_worker` is the scorers' share, likewise.
+    trial_gpus: float = 1.0
+    # Tune's storage_path (issue 11): "" = RESULTS_DIR/tune, fine on one machine; on a cluster a
+    # folder every node mounts at the same path, or a pyarrow.fs URI (s3://..., gs://..., file://...).
+    storage: str = ""
     # Candidates scored per forward/backward by each scorer (0 = 16 on a GPU, 1 on a CPU).
     # Batching also pays on a CPU for tiny supernets (test and smoke scale), where the
     # per-op overhead dominates; scores agree to float rounding, not bit for bit.
@@ -310,6 +316,11 @@ def _positive(cfg: ExperimentConfig) -> None:
     r = cfg.resources
     need(r.workers >= 0 and r.num_cpus >= 0, "resources.workers/num_cpus", "must be >= 0")
     need(r.gpus_per_worker > 0, "resources.gpus_per_worker", "must be > 0")
+    for key in ("gpus_per_worker", "trial_gpus"):
+        # Ray refuses a fractional request above one GPU ("1.5 GPUs"), only when the work starts
+        value = getattr(r, key)
+        need(value <= 1 or float(value).is_integer(), f"resources.{key}",
+             f"= {value:g} must be a fraction of one GPU (<= 1) or a whole number of GPUs")
     need(r.max_failures >= 0, "resources.max_failures", "must be >= 0")
     need(cfg.study.repeats >= 1 and cfg.study.n_boot >= 1, "study.repeats/n_boot", "must be >= 1")
     st = cfg.study
@@ -386,6 +397,7 @@ BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
     ("resources", "num_cpus"): (0, 10**5),
     ("resources", "max_failures"): (0, 1000),
     ("resources", "trial_cpus"): (1e-3, 1024),
+    ("resources", "trial_gpus"): (0, 64),
     ("study", "repeats"): (1, 1000),
     ("study", "anil_inner_time"): (0, math.inf),
     ("study", "anil_reg"): (0, 1e6),

@@ -53,17 +53,22 @@ class ScorerActor:
         return self.label, score_job(self._scorers, job, self.device, batch or default_batch(self.device))
 
 
-def plan_workers(requested: int, gpus_per_worker: float) -> tuple[int, dict[str, float]]:
-    """(number of actors, resources per actor) from the cluster: GPUs when it has any."""
-    res = ray.cluster_resources()
-    gpus, cpus = res.get("GPU", 0.0), res.get("CPU", 1.0)
-    if gpus > 0:
-        capacity = max(1, int(gpus // gpus_per_worker))
-        options = {"num_gpus": gpus_per_worker, "num_cpus": 1}
-    else:
-        capacity = max(1, int(cpus))
-        options = {"num_cpus": 1}
+def scorer_plan(cluster: dict[str, float], requested: int, gpus_per_worker: float) -> tuple[int, dict[str, float]]:
+    """(number of actors, Ray options per actor) on a cluster of `cluster` resources: each actor
+    takes `gpus_per_worker` GPUs (a fraction packs several on one GPU) when the cluster has GPUs,
+    else one CPU; `requested` actors (0 = as many as fit)."""
+    from harness.ray_session import how_many_fit, gpu_request
+
+    gpus = gpu_request(cluster, gpus_per_worker, "scorer")
+    # a GPU actor's one CPU is not counted: as before, the GPUs decide how many fit
+    capacity = how_many_fit(cluster, {"gpu": gpus} if gpus else {"cpu": 1.0})
+    options = {"num_gpus": gpus, "num_cpus": 1} if gpus else {"num_cpus": 1}
     return (min(requested, capacity) if requested > 0 else capacity), options
+
+
+def plan_workers(requested: int, gpus_per_worker: float) -> tuple[int, dict[str, float]]:
+    """`scorer_plan` on the running Ray's resources."""
+    return scorer_plan(dict(ray.cluster_resources()), requested, gpus_per_worker)
 
 
 class ScorerPool:

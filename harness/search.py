@@ -451,6 +451,7 @@ def run_searches(cfg: ExperimentConfig, pool: Any, *, resume: bool = False, stop
 def _finish(cfg: ExperimentConfig, states: list[SearchState], by_id: dict[str, SearchPlan], device_kind: str,
             pool_size: int) -> list[dict[str, Any]]:
     """Write the `searches` rows and render the cells of every finished search."""
+    from harness.provenance import code_version
     from search_spaces.genotypes import Genotype
     from search_spaces.render import DotNotFoundError, render_genotype
 
@@ -466,7 +467,7 @@ def _finish(cfg: ExperimentConfig, states: list[SearchState], by_id: dict[str, S
             "workers": pool_size if s.method in PRUNING_METHODS else 0,
             "device_kind": device_kind if s.method in PRUNING_METHODS else "none",
             "params": network_params(cfg, genotype, s.cells),
-            **kernel_columns(cfg, s.method, s.cells),
+            **kernel_columns(cfg, s.method, s.cells), "git_sha": code_version(),
         }
         store.write_rows(results_dir, "searches", s.search_id, [row])
         try:

@@ -66,7 +66,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         *_RUN_KEYS,
         ("search_id", _STR), ("genotype", _STR), ("rounds", _I32), ("candidates", _I64),
         ("wall_seconds", _F64), ("device_seconds", _F64), ("workers", _I32),
-        ("device_kind", _STR), ("params", _I64),
+        ("device_kind", _STR), ("params", _I64), ("git_sha", _STR),
         # The MetaNTK settings the search ran with ("" / NaN when it scored no MetaNTK; "ntk"
         # for the plain NTK of tenas).
         ("algorithm", _STR), ("inner_time", _F64), ("reg", _F64),
@@ -78,7 +78,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("search_seconds", _F64), ("train_seconds", _F64), ("epochs", _I32),
         ("final_loss", _F64), ("final_train_acc", _F64), ("ways", _I32), ("episodes", _I32),
         ("acc_1shot", _F64), ("ci_1shot", _F64), ("acc_5shot", _F64), ("ci_5shot", _F64),
-        ("device_kind", _STR), ("config_json", _STR),
+        ("device_kind", _STR), ("git_sha", _STR), ("config_json", _STR),
     ),
     # One row per evaluated few-shot episode.
     "episodes": _schema(
@@ -110,6 +110,11 @@ SCHEMAS: dict[str, pa.Schema] = {
 }
 
 TABLES: tuple[str, ...] = tuple(SCHEMAS)
+
+# Columns added after schema version 1, with the value that files written before them and
+# writers that do not know them get (so older results folders stay readable): the git SHA
+# of the code the driver ran ("" = unknown, not a git checkout; issue 11).
+ADDED_COLUMNS: dict[str, dict[str, Any]] = {"searches": {"git_sha": ""}, "trials": {"git_sha": ""}}
 
 # Columns holding accuracies as fractions: a value outside [0, 1] means someone wrote percent.
 _FRACTION_COLUMNS = frozenset({"acc_1shot", "acc_5shot", "accuracy", "final_train_acc", "train_acc"})
@@ -302,6 +307,9 @@ def rows_to_table(table: str, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
                 raise ValueError(f"table {table!r}, row {i}: schema_version "
                                  f"{row['schema_version']!r} != {SCHEMA_VERSION}; leave it out")
             keys.discard("schema_version")
+        added = ADDED_COLUMNS.get(table, {})
+        row = {**{c: v for c, v in added.items() if c not in keys}, **row}
+        keys |= set(added)
         missing = [c for c in expected if c not in keys]
         extra = sorted(keys.difference(expected))
         if missing or extra:
@@ -379,7 +387,8 @@ def _read_file(path: Path, table: str, schema: pa.Schema) -> pa.Table:
     except (pa.ArrowException, OSError, ValueError, EOFError) as exc:
         raise SchemaError(f"{path}: not a readable Parquet file of table {table!r} ({_first_line(exc)}); "
                           f"{_UNREADABLE_FIX}") from exc
-    missing = [n for n in schema.names if n not in found.names]
+    added = {n: v for n, v in ADDED_COLUMNS.get(table, {}).items() if n not in found.names}
+    missing = [n for n in schema.names if n not in found.names and n not in added]
     extra = [n for n in found.names if n not in schema.names]
     if missing or extra:
         parts = ([f"missing columns {missing}"] if missing else []) + (
@@ -388,14 +397,18 @@ def _read_file(path: Path, table: str, schema: pa.Schema) -> pa.Table:
                           f"{SCHEMA_VERSION}); it was written by another version, rerun the "
                           "step that writes it")
     wrong = [f"{f.name} ({found.field(f.name).type}, expected {f.type})" for f in schema
-             if found.field(f.name).type != f.type]
+             if f.name not in added and found.field(f.name).type != f.type]
     if wrong:
         raise SchemaError(f"{path}: wrong column types for table {table!r}: {', '.join(wrong)}")
+    stored = pa.schema([f for f in schema if f.name not in added])
     try:
-        data = pq.read_table(path, schema=schema, page_checksum_verification=True)
+        data = pq.read_table(path, schema=stored, page_checksum_verification=True)
     except (pa.ArrowException, OSError, ValueError, EOFError) as exc:
         raise SchemaError(f"{path}: not a readable Parquet file of table {table!r} ({_first_line(exc)}); "
                           f"{_UNREADABLE_FIX}") from exc
+    for name, value in added.items():  # a file from before the column: its default, in schema order
+        data = data.add_column(schema.get_field_index(name), schema.field(name),
+                               pa.array([value] * data.num_rows, type=schema.field(name).type))
     versions = set(data.column("schema_version").to_pylist())
     if versions - {SCHEMA_VERSION}:
         raise SchemaError(f"{path}: column 'schema_version' holds {sorted(versions)}, this "

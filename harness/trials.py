@@ -10,6 +10,11 @@ trial whose rows were deleted or found unreadable runs again even if Tune record
 finished. Rows go to Parquet under deterministic keys (the trial id): a retried epoch or trial
 overwrites its rows, never duplicates them.
 
+Rows go home (issue 11): a trial writes nothing into the results folder, which may be on
+another machine. It gets its episode lists as data, reports each epoch, and its last
+checkpoint carries the model file and its rows; the driver writes them
+(`harness.tune_callbacks.TrialRowsCallback`).
+
 Only `ray.tune.*` APIs are used inside the trainable (ray 2.60).
 """
 from __future__ import annotations
@@ -249,16 +254,28 @@ class EvalSettings:
                       "normalization": (tuple(norm[0]), tuple(norm[1]))})
 
 
-def eval_settings(spec: TrialSpec) -> EvalSettings:
-    """The evaluation of trial `spec` (episode lists must exist: `ensure_episode_lists`)."""
-    from trainers.data import NORMALIZATION
+def load_episode_lists(results_dir: str | Path, spec: TrialSpec) -> dict[int, tuple[str, Any]]:
+    """shots -> (file name, `EpisodeList`) of the stored lists of trial `spec` in `results_dir`,
+    read on the driver (they must exist: `ensure_episode_lists`). Trials get them as data, never
+    by path."""
     from trainers.episodes import EpisodeList
 
     lists = {}
     for shots in spec.eval_shots:
-        path = episode_list_path(Path(spec.results_dir), spec.dataset, spec.eval_split, spec.eval_ways, shots,
+        path = episode_list_path(Path(results_dir), spec.dataset, spec.eval_split, spec.eval_ways, shots,
                                  spec.eval_queries, spec.eval_episodes, spec.data_seed)
-        lists[str(shots)] = {"file": path.name, "content_hash": EpisodeList.load(path).content_hash()}
+        lists[int(shots)] = (path.name, EpisodeList.load(path))
+    return lists
+
+
+def eval_settings(spec: TrialSpec, episode_lists: dict[int, tuple[str, Any]] | None = None) -> EvalSettings:
+    """The evaluation of trial `spec` on `episode_lists` (`load_episode_lists`; read from the
+    results folder when None)."""
+    from trainers.data import NORMALIZATION
+
+    loaded = load_episode_lists(spec.results_dir, spec) if episode_lists is None else episode_lists
+    lists = {str(shots): {"file": name, "content_hash": episodes.content_hash()}
+             for shots, (name, episodes) in sorted(loaded.items())}
     mean, std = NORMALIZATION[spec.dataset]
     return EvalSettings(
         dataset=spec.dataset, root=spec.root, dataset_options=dict(spec.dataset_options),
@@ -303,14 +320,17 @@ def evaluate_with_settings(model: Any, settings: EvalSettings, split: Any, episo
                           seed=settings.augment_seed, progress=progress)
 
 
-def evaluate_trained(model: Any, settings: EvalSettings, split: Any, device: Any, places: list[Path], *,
+def evaluate_trained(model: Any, settings: EvalSettings, split: Any, device: Any, places: list[Path] = (), *,
+                     episode_lists: dict[int, tuple[str, Any]] | None = None,
                      progress: bool = False) -> tuple[dict[int, tuple[float, float]], list[dict[str, Any]]]:
-    """Few-shot accuracy per shot count on the stored episode lists; (summary, episode rows)."""
+    """Few-shot accuracy per shot count on the trial's episode lists: `episode_lists` given as data
+    (a trial), else the stored files found in `places`; (summary, episode rows)."""
     from trainers.fewshot import mean_confidence_interval
 
     summary, rows = {}, []
     for shots in settings.shots:
-        episodes = find_episode_list(settings, shots, places)
+        episodes = (episode_lists[int(shots)][1] if episode_lists is not None
+                    else find_episode_list(settings, shots, places))
         accs = evaluate_with_settings(model, settings, split, episodes, shots, device, progress=progress)
         mean, half = mean_confidence_interval(accs)
         summary[shots] = (float(mean), float(half))
@@ -469,11 +489,25 @@ def trial_label(spec: TrialSpec) -> str:
     return spec.trial_id[len(prefix):] if spec.trial_id.startswith(prefix) else spec.trial_id
 
 
-def run_trial(config: dict[str, Any], specs: dict[str, dict[str, Any]]) -> None:
-    """The Tune trainable: train (resuming from Tune's checkpoint), evaluate, write rows.
+# Files of a trial's last checkpoint that carry its outputs home (besides `pretrain`'s
+# CHECKPOINT_NAME): the driver writes them into the results folder (`collect_trial_outputs`).
+MODEL_NAME = "model.pt"
+OUTPUTS_NAME = "outputs.json"
 
-    `config["trial"]` is the trial's label; `specs` maps labels to `TrialSpec` fields
-    (bound with `tune.with_parameters`, so they stay out of Tune's printed configs).
+
+def run_trial(config: dict[str, Any], specs: dict[str, dict[str, Any]],
+              episode_lists: dict[int, tuple[str, Any]]) -> None:
+    """The Tune trainable: train (resuming from Tune's checkpoint), evaluate, report.
+
+    `config["trial"]` is the trial's label; `specs` maps labels to `TrialSpec` fields and
+    `episode_lists` is `load_episode_lists` (both bound with `tune.with_parameters`, so they
+    travel through Ray's object store and stay out of Tune's printed configs).
+
+    The trial writes nothing outside its own temporary folder (issue 11: on a cluster it may
+    run on a node that cannot see the driver's disk). Every epoch is reported with its
+    checkpoint; the last report's checkpoint also holds the model file and the trial's rows
+    (OUTPUTS_NAME), which the driver writes into the results folder
+    (`harness.tune_callbacks.TrialRowsCallback`).
     """
     import torch
     from ray import tune
@@ -494,45 +528,58 @@ def run_trial(config: dict[str, Any], specs: dict[str, dict[str, Any]]) -> None:
     work = Path(tempfile.mkdtemp(prefix=f"metantk-{spec.trial_id}-"))
     try:
         restored = tune.get_checkpoint()
-        history: dict[int, Any] = {}  # epoch -> EpochResult: a retried epoch replaces its entry
         if restored is not None:
             with restored.as_directory() as folder:
                 shutil.copy2(Path(folder) / CHECKPOINT_NAME, work / CHECKPOINT_NAME)
-            history = {h.epoch: h for h in restored_history(work / CHECKPOINT_NAME)}
-        marker = Path(spec.results_dir) / "state" / f"failed-once-{spec.trial_id}"
 
         def on_epoch(result: Any) -> None:
-            # The curve so far goes to Parquet every epoch (one file per trial, rewritten whole:
-            # idempotent), then Tune gets the epoch with its checkpoint (pretrain wrote it before).
-            history[result.epoch] = result
-            write_history_rows(spec, [history[e] for e in sorted(history)])
-            tune.report({"epoch": result.epoch, "loss": result.loss, "train_acc": result.acc, "lr": result.lr},
+            tune.report({"epoch": result.epoch, "loss": result.loss, "train_acc": result.acc, "lr": result.lr,
+                         "epoch_seconds": result.seconds},
                         checkpoint=tune.Checkpoint.from_directory(str(work)))
-            if spec.fail_once_at_epoch == result.epoch and not marker.exists():
-                marker.parent.mkdir(parents=True, exist_ok=True)
-                marker.write_text("injected failure\n")
+            # tests: a crash after this epoch, once (a restored attempt never raises it)
+            if spec.fail_once_at_epoch == result.epoch and restored is None:
                 raise RuntimeError(f"injected failure after epoch {result.epoch} (test)")
 
         meta = {"genotype": spec.genotype, "channels": spec.channels, "cells": spec.cells,
                 "num_classes": len(split.class_names), "in_channels": in_channels, "dataset": spec.dataset}
         result = pretrain(model, split, train_cfg, device=device, checkpoint_dir=work, on_epoch=on_epoch,
                           progress=False, metadata=meta)
-        write_history_rows(spec, list(result.history))  # authoritative: every epoch, also restored ones
-        settings = eval_settings(spec)
-        save_model_file(model, spec, meta, settings)
+        settings = eval_settings(spec, episode_lists)
+        store.write_atomic(work / MODEL_NAME, lambda handle: _save_model(handle, model, spec, meta, settings))
 
         test_split = load_split(settings.dataset, settings.root or None, settings.split,
                                 image_size=settings.image_size or None, seed=settings.data_seed,
                                 **settings.dataset_options)
-        summary, episode_rows = evaluate_trained(model, settings, test_split, device,
-                                                 [Path(spec.results_dir) / EPISODE_DIR])
-        write_trial_rows(spec, result, summary, episode_rows, params=sum(p.numel() for p in model.parameters()),
-                         device_kind=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
+        summary, episode_rows = evaluate_trained(model, settings, test_split, device, episode_lists=episode_lists)
+        outputs = trial_outputs(spec, result, summary, episode_rows, params=sum(p.numel() for p in model.parameters()),
+                                device_kind=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
+        store.write_text_atomic(work / OUTPUTS_NAME, json.dumps(outputs, default=_json_number))
         final = {f"acc_{k}shot": v[0] for k, v in summary.items()}
         tune.report({"epoch": result.epochs_run, "loss": result.final_loss, "train_acc": result.final_train_acc,
-                     "done": True, **final})
+                     "done": True, **final}, checkpoint=tune.Checkpoint.from_directory(str(work)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _json_number(value: Any) -> Any:
+    """NumPy scalars in rows become plain numbers for `json.dumps` (NaN stays NaN: Python's
+    JSON reads it back)."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _save_model(handle: Any, model: Any, spec: TrialSpec, meta: dict[str, Any], settings: EvalSettings) -> None:
+    import torch
+
+    payload = {**meta, "model": model.state_dict(), "train_config": dict(spec.train),
+               EVALUATION_KEY: settings.to_dict(), "trial_id": spec.trial_id}
+    torch.save(payload, handle)
+
+
+def model_file_path(results_dir: str | Path, trial_id: str) -> Path:
+    """`RESULTS/models/<trial_id>.pt`."""
+    return Path(results_dir) / MODEL_DIR / f"{trial_id}.pt"
 
 
 def save_model_file(model: Any, spec: TrialSpec, meta: dict[str, Any], settings: EvalSettings) -> Path:
@@ -540,12 +587,8 @@ def save_model_file(model: Any, spec: TrialSpec, meta: dict[str, Any], settings:
     metadata (MODEL_KEYS), the training config and the evaluation settings, so the file alone
     rebuilds the network and reproduces the trial's evaluation (`evaluate_model_file`).
     Only tensors and plain values: it loads with `torch.load(weights_only=True)`."""
-    import torch
-
-    path = Path(spec.results_dir) / MODEL_DIR / f"{spec.trial_id}.pt"
-    payload = {**meta, "model": model.state_dict(), "train_config": dict(spec.train),
-               EVALUATION_KEY: settings.to_dict(), "trial_id": spec.trial_id}
-    store.write_atomic(path, lambda handle: torch.save(payload, handle))
+    path = model_file_path(spec.results_dir, spec.trial_id)
+    store.write_atomic(path, lambda handle: _save_model(handle, model, spec, meta, settings))
     return path
 
 
@@ -564,30 +607,83 @@ def history_rows(spec: TrialSpec, epochs: list[Any]) -> list[dict[str, Any]]:
              "seconds": float(e.seconds)} for e in epochs]
 
 
-def write_history_rows(spec: TrialSpec, epochs: list[Any]) -> Path:
-    """Write the trial's training curve as `history/<trial_id>.parquet` (replaced on every call,
+def write_history_table(results_dir: str | Path, trial_id: str, rows: list[dict[str, Any]]) -> Path:
+    """Write a trial's training curve as `history/<trial_id>.parquet` (replaced on every call,
     so a retried epoch overwrites its row and the file never holds duplicates)."""
-    rows = history_rows(spec, epochs)
     if len({r["epoch"] for r in rows}) != len(rows):
-        raise ValueError(f"trial {spec.trial_id}: duplicate epochs in its history {[r['epoch'] for r in rows]}")
-    return store.write_rows(spec.results_dir, "history", spec.trial_id, rows)
+        raise ValueError(f"trial {trial_id}: duplicate epochs in its history {[r['epoch'] for r in rows]}")
+    return store.write_rows(results_dir, "history", trial_id, sorted(rows, key=lambda r: r["epoch"]))
 
 
-def write_trial_rows(spec: TrialSpec, result: Any, summary: dict[int, tuple[float, float]],
-                     episode_rows: list[dict[str, Any]], *, params: int, device_kind: str) -> None:
+def write_history_rows(spec: TrialSpec, epochs: list[Any]) -> Path:
+    """`write_history_table` of `spec`'s epochs (`EpochResult`s) into `spec.results_dir`."""
+    return write_history_table(spec.results_dir, spec.trial_id, history_rows(spec, epochs))
+
+
+def trial_outputs(spec: TrialSpec, result: Any, summary: dict[int, tuple[float, float]],
+                  episode_rows: list[dict[str, Any]], *, params: int, device_kind: str) -> dict[str, Any]:
+    """A finished trial's rows, as plain data: {"trial_id", "history": [...], "trials": [row],
+    "episodes": [...]} (tables `history`, `trials`, `episodes`), written home by the driver."""
     base = {"experiment": spec.experiment, "dataset": spec.dataset, "method": spec.method, "seed": spec.seed,
             "cells": spec.cells}
     nan = (math.nan, math.nan)
-    store.write_rows(spec.results_dir, "episodes", spec.trial_id,
-                     [{**base, "trial_id": spec.trial_id, **r} for r in episode_rows])
-    store.write_rows(spec.results_dir, "trials", spec.trial_id, [{
+    trial_row = {
         **base, "trial_id": spec.trial_id, "search_id": spec.search_id, "genotype": spec.genotype, "params": params,
         "search_seconds": spec.search_seconds, "train_seconds": result.seconds, "epochs": result.epochs_run,
         "final_loss": result.final_loss, "final_train_acc": result.final_train_acc, "ways": spec.eval_ways,
         "episodes": spec.eval_episodes, "acc_1shot": summary.get(1, nan)[0], "ci_1shot": summary.get(1, nan)[1],
         "acc_5shot": summary.get(5, nan)[0], "ci_5shot": summary.get(5, nan)[1], "device_kind": device_kind,
         "config_json": json.dumps(asdict(spec), sort_keys=True, default=list),
-    }])
+        "git_sha": "",  # the driver's, stamped when it writes the row (`write_trial_outputs`)
+    }
+    return {"trial_id": spec.trial_id, "history": history_rows(spec, list(result.history)), "trials": [trial_row],
+            "episodes": [{**base, "trial_id": spec.trial_id, **r} for r in episode_rows]}
+
+
+def write_trial_outputs(results_dir: str | Path, outputs: dict[str, Any], git_sha: str = "") -> None:
+    """Write a finished trial's rows (`trial_outputs`) under its trial id, its `trials` row
+    stamped with `git_sha` (the code the driver shipped): idempotent, a second call replaces
+    the files. `trials` goes last: with `episodes` it marks the trial done."""
+    trial_id = outputs["trial_id"]
+    write_history_table(results_dir, trial_id, outputs["history"])
+    store.write_rows(results_dir, "episodes", trial_id, outputs["episodes"])
+    store.write_rows(results_dir, "trials", trial_id, [{**row, "git_sha": git_sha} for row in outputs["trials"]])
+
+
+def collect_trial_outputs(results_dir: str | Path, checkpoint_dir: str | Path, git_sha: str = "") -> str | None:
+    """Bring a finished trial home: copy the model file and write the rows held by its last
+    checkpoint folder (`run_trial`) into `results_dir`. Returns the trial id, or None when the
+    checkpoint is an epoch's (no outputs yet). Idempotent: files are replaced, never appended."""
+    folder = Path(checkpoint_dir)
+    if not (folder / OUTPUTS_NAME).is_file():
+        return None
+    outputs = json.loads((folder / OUTPUTS_NAME).read_text())
+    # the model first: a trial counts as done by its rows, so the rows never point to a missing model
+    store.write_bytes_atomic(model_file_path(results_dir, outputs["trial_id"]), (folder / MODEL_NAME).read_bytes())
+    write_trial_outputs(results_dir, outputs, git_sha)
+    return outputs["trial_id"]
+
+
+def epoch_history_row(spec: TrialSpec, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The `history` row of one epoch's reported metrics (`run_trial`'s `on_epoch`)."""
+    from trainers.rfs import EpochResult
+
+    epoch = EpochResult(epoch=int(metrics["epoch"]), loss=float(metrics["loss"]), acc=float(metrics["train_acc"]),
+                        lr=float(metrics["lr"]), seconds=float(metrics["epoch_seconds"]))
+    return history_rows(spec, [epoch])[0]
+
+
+def record_epoch(results_dir: str | Path, spec: TrialSpec, metrics: dict[str, Any]) -> Path:
+    """Merge one reported epoch into the trial's `history` file (the epoch replaces its row:
+    a retried epoch never duplicates), so the curve so far is on the driver's disk while the
+    trial trains; the finished trial's outputs then replace the file with every epoch."""
+    import pandas as pd
+
+    path = store.results_layout(results_dir).table("history") / f"{spec.trial_id}.parquet"
+    rows = {int(r["epoch"]): r for r in pd.read_parquet(path).to_dict("records")} if path.is_file() else {}
+    row = epoch_history_row(spec, metrics)
+    rows[row["epoch"]] = row
+    return write_history_table(results_dir, spec.trial_id, list(rows.values()))
 
 
 # Bumped when the trainable's config layout changes, so a Tune experiment written by older
@@ -610,21 +706,28 @@ def run_trials(cfg: ExperimentConfig, specs: list[TrialSpec], *, verbose: int = 
     """
     from ray import tune
 
-    from harness.ray_session import ensure_ray, trial_resources
+    from harness.ray_session import attached, ensure_ray, trial_resources
 
     report_set_aside(store.set_aside_unreadable(cfg.results_dir, ("trials", "episodes")))
     if not missing_trials(cfg.results_dir, specs):
         return sorted(finished_trials(cfg.results_dir))
     ensure_episode_lists(cfg)
+    storage, explicit = tune_storage(cfg)
     cluster = ensure_ray(cfg.resources.address, cfg.resources.num_cpus)
+    if attached(cfg.resources.address):
+        from harness.cluster_checks import check_cluster
+
+        check_cluster(cfg, storage, explicit)
     labels = {trial_label(s): asdict(s) for s in specs}
     if len(labels) != len(specs):
         raise ValueError(f"trial labels are not unique: {sorted(trial_label(s) for s in specs)}")
-    trainable = tune.with_resources(tune.with_parameters(run_trial, specs=labels),
-                                    trial_resources(cluster, cfg.resources.trial_cpus))
-    storage = (cfg.results_dir / "tune").resolve()
+    # The episode lists travel as data (object store), like the specs: trials read nothing
+    # from the results folder.
+    trainable = tune.with_resources(tune.with_parameters(run_trial, specs=labels,
+                                                         episode_lists=load_episode_lists(cfg.results_dir, specs[0])),
+                                    trial_resources(cluster, cfg.resources.trial_cpus, cfg.resources.trial_gpus))
     name = f"trials-{_specs_digest(specs)}"
-    path = storage / name
+    path = f"{storage.rstrip('/')}/{name}"
     started = time.perf_counter()
     # Tune restores its experiment (interrupted trials resume from their last epoch). Its
     # bookkeeping may call a trial finished whose rows were deleted or set aside since: then
@@ -632,9 +735,9 @@ def run_trials(cfg: ExperimentConfig, specs: list[TrialSpec], *, verbose: int = 
     _fit(_tuner(cfg, trainable, labels, storage, name, verbose), cfg, path, started)
     missing = missing_trials(cfg.results_dir, specs)
     if missing:
-        stale = path.with_name(f"{name}.stale-{time.time_ns()}")
-        path.rename(stale)
-        print(f"warning: Tune's record {stale.name} called {len(missing)} trial(s) finished that have no rows "
+        stale = f"{name}.stale-{time.time_ns()}"
+        _move_experiment(path, f"{storage.rstrip('/')}/{stale}")
+        print(f"warning: Tune's record {stale} called {len(missing)} trial(s) finished that have no rows "
               f"({', '.join(sorted(missing)[:3])}); moved it aside and running them again", file=sys.stderr)
         again = {label: d for label, d in labels.items() if d["trial_id"] in missing}
         _fit(_tuner(cfg, trainable, again, storage, name, verbose), cfg, path, started)
@@ -657,14 +760,48 @@ def missing_trials(results_dir: Path, specs: list[TrialSpec]) -> set[str]:
     return {s.trial_id for s in specs} - finished_trials(results_dir)
 
 
-def _tuner(cfg: ExperimentConfig, trainable: Any, labels: dict[str, dict[str, Any]], storage: Path, name: str,
+def tune_storage(cfg: ExperimentConfig) -> tuple[str, bool]:
+    """(Tune's storage_path, whether `[resources] storage` set it): RESULTS_DIR/tune by default,
+    else the configured folder (absolute) or pyarrow.fs URI (s3://..., gs://..., file://...)."""
+    from harness.ray_session import is_uri
+
+    storage = cfg.resources.storage
+    if not storage:
+        return str((cfg.results_dir / "tune").resolve()), False
+    return (storage if is_uri(storage) else str(Path(storage).expanduser().resolve())), True
+
+
+def _move_experiment(source: str, target: str) -> None:
+    """Rename a Tune experiment folder on its storage (a local path or a pyarrow.fs URI)."""
+    import pyarrow.fs
+
+    from harness.ray_session import is_uri
+
+    if not is_uri(source):
+        Path(source).rename(target)
+        return
+    fs, src = pyarrow.fs.FileSystem.from_uri(source)
+    _, dst = pyarrow.fs.FileSystem.from_uri(target)
+    fs.move(src, dst)
+
+
+def _tuner(cfg: ExperimentConfig, trainable: Any, labels: dict[str, dict[str, Any]], storage: str, name: str,
            verbose: int) -> Any:
     """Restore Tune's experiment `storage/name`, or start one over the trials `labels`."""
     from ray import tune
 
-    path = storage / name
+    from harness.provenance import code_version
+    from harness.tune_callbacks import TrialRowsCallback
+
+    path = f"{storage.rstrip('/')}/{name}"
+    callbacks = [TrialRowsCallback(cfg.results_dir, labels, code_version())]
     if tune.Tuner.can_restore(str(path)):
-        return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+        # Restoring takes the run config (callbacks included) from the stored experiment; this
+        # run's callback, with this run's results folder, replaces the stored one (Ray 2.60's
+        # `Tuner.restore` takes no run config).
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+        tuner._local_tuner._run_config.callbacks = callbacks
+        return tuner
     return tune.Tuner(
         trainable,
         # The grid runs over short trial labels, so Tune's status table shows one short
@@ -672,14 +809,15 @@ def _tuner(cfg: ExperimentConfig, trainable: Any, labels: dict[str, dict[str, An
         param_space={"trial": tune.grid_search(list(labels))},
         tune_config=tune.TuneConfig(num_samples=1),
         run_config=tune.RunConfig(
-            name=name, storage_path=str(storage), verbose=verbose,
+            name=name, storage_path=storage, verbose=verbose,
             failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
         ),
     )
 
 
-def _fit(tuner: Any, cfg: ExperimentConfig, path: Path, started: float) -> None:
+def _fit(tuner: Any, cfg: ExperimentConfig, path: str, started: float) -> None:
     """`tuner.fit()`; RuntimeError if a trial failed for good, KeyboardInterrupt if Tune stopped early.
 
     On Ctrl-C Tune saves its state and returns from `fit` as if it had finished; without

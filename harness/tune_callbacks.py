@@ -1,0 +1,40 @@
+"""Tune callbacks that run on the driver (issue 11: rows go home).
+
+A trial may run on any node of a cluster, with no view of the driver's disk, so it writes
+nothing there: it reports each epoch's metrics, and its last checkpoint carries its model
+file and rows. `TrialRowsCallback` turns those into the results folder's files, on the
+driver. Everything it writes is keyed by trial id and replaced on a second write, so a
+retried epoch or a restored trial never duplicates a row.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from harness.trials import TrialSpec, collect_trial_outputs, record_epoch
+
+
+class TrialRowsCallback(tune.Callback):
+    """Writes every row and model file of the trials into `results_dir`.
+
+    `specs` maps Tune's trial label (`config["trial"]`) to `TrialSpec` fields. A module-level
+    class of plain attributes: Tune pickles its run config (callbacks included) with the
+    experiment.
+    """
+
+    def __init__(self, results_dir: str | Path, specs: dict[str, dict[str, Any]], git_sha: str = "") -> None:
+        self.results_dir = Path(results_dir)
+        self.specs = specs
+        self.git_sha = git_sha  # the driver's code version, stamped on the trials rows
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        # epoch reports carry `epoch_seconds`; the final report carries the outputs instead
+        if "epoch_seconds" in result:
+            record_epoch(self.results_dir, TrialSpec(**self.specs[trial.config["trial"]]), result)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if trial.checkpoint is not None:
+            with trial.checkpoint.as_directory() as folder:
+                collect_trial_outputs(self.results_dir, folder, self.git_sha)
