@@ -13,7 +13,7 @@ from harness.config import PRUNING_METHODS, parse_config
 from harness.errors import ConfigError
 from harness.ranking import Candidate, choose_prunes, oriented_delta, rank_candidates, relative_delta
 from harness.scoring import InlinePool, Scorer, generator, spec_from_config
-from harness.search import measure_delta, op_candidates, plan_searches, pruned, run_searches
+from harness.search import SEARCH_ROUNDS, measure_delta, op_candidates, plan_searches, pruned, run_searches
 from kernels.proxy_names import PROXY_NAMES
 
 
@@ -155,7 +155,7 @@ def test_a_params_search_keeps_the_largest_op_on_every_edge(tmp_path) -> None:
     by_method = {r["method"]: r for r in rows}
     g = Genotype.from_str(by_method["params"]["genotype"])
     assert {op for node in g.normal + g.reduce for op, _ in node} == {largest}
-    assert by_method["params"]["rounds"] == 7
+    assert by_method["params"]["rounds"] == SEARCH_ROUNDS  # 6 op rounds + 4 edge-group rounds
     from harness import store
 
     cands = store.read_table(cfg.results_dir, "candidates")
