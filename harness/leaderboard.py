@@ -210,6 +210,10 @@ def leaderboard_markdown(table: pd.DataFrame, reliability: pd.DataFrame) -> str:
                   markdown_table(["proxy", "n", "Kendall τ [95% CI]", "Spearman ρ [95% CI]", "partial ρ | params",
                                   "Δτ vs MetaNTK", "Δτ vs params", "redraw τ", "s / arch"], rows), ""]
     for r in reliability.itertuples():
+        if r.trainings < 2:  # one training per genotype: the target's retest reliability is unknown
+            parts.append(f"- Ceiling for {r.target}: unknown with one training per genotype (set "
+                         f"[study] train_seeds to two or more seeds to measure it).")
+            continue
         parts.append(f"- Ceiling for {r.target}: retest τ between {r.trainings} trainings = {_num(r.retest_tau)}, "
                      f"ICC(1) = {_num(r.icc1)}, ICC({r.trainings}) = {_num(r.icck)} over {r.n} genotypes.")
     return "\n".join(parts).rstrip() + "\n"
