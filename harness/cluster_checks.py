@@ -1,4 +1,4 @@
-"""Checks that a multi-node Ray cluster can run the experiment, before any work starts (issue 11).
+"""Checks that a multi-node Ray cluster can run the experiment, before any work starts.
 
 On one machine the preflight (`harness.preflight`) has already loaded the dataset. On a
 cluster every node reads it again, at the same path: a probe task pinned to each alive node

@@ -55,7 +55,7 @@ def write_run_metadata(cfg: Any) -> None:
 @contextlib.contextmanager
 def results_folder(cfg: Any, args: argparse.Namespace, *, search: bool, train: bool,
                    resume: bool = True) -> Iterator[None]:
-    """Check everything up front, then hold the results folder for the command (issue 16).
+    """Check everything up front, then hold the results folder for the command.
 
     In order, before anything is written: the up-front checks (`harness.preflight`:
     writable folder, methods, recipe, dataset contents, memory estimates); the folder's lock

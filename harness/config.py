@@ -156,7 +156,7 @@ class ResourcesSection:
     # GPUs of one trial (used when the cluster has GPUs; 0 = CPU only): a fraction packs several
     # small trials on one GPU (0.25: four). `gpus_per_worker` is the scorers' share, likewise.
     trial_gpus: float = 1.0
-    # Tune's storage_path (issue 11): "" = RESULTS_DIR/tune, fine on one machine; on a cluster a
+    # Tune's storage_path: "" = RESULTS_DIR/tune, fine on one machine; on a cluster a
     # folder every node mounts at the same path, or a pyarrow.fs URI (s3://..., gs://..., file://...).
     storage: str = ""
     # Candidates scored per forward/backward by each scorer (0 = 16 on a GPU, 1 on a CPU).

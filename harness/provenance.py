@@ -1,4 +1,4 @@
-"""Which code produced a result: the git SHA of this checkout (issue 11: recorded per row)."""
+"""Which code produced a result: the git SHA of this checkout (recorded per row)."""
 from __future__ import annotations
 
 import functools

@@ -49,7 +49,7 @@ def _speaks_grpc(sock: socket.socket) -> bool:
 
 
 # Ray Client addresses: refused (`check_reachable`): the harness's driver must be the process
-# that writes the results (issue 11), and under Ray Client Tune's controller runs on the head.
+# that writes the results, and under Ray Client Tune's controller runs on the head.
 RAY_CLIENT_SCHEME = "ray://"
 
 

@@ -23,7 +23,7 @@ from harness.config import PROXY_MEASURE_PREFIX, absolute_root
 from kernels.proxy_names import PROXY_NAMES
 
 # What a method may ask for: condition number of the MetaNTK, of the plain NTK, regions,
-# and any proxy of kernels.proxies as "proxy:<name>" (issue 14).
+# and any proxy of kernels.proxies as "proxy:<name>".
 MEASURE_NAMES: tuple[str, ...] = ("cn_meta", "cn_ntk", "rn")
 PROXY_MEASURES: tuple[str, ...] = tuple(f"{PROXY_MEASURE_PREFIX}{n}" for n in PROXY_NAMES)
 N_CELL_TYPES, N_EDGES, N_OPS = 2, 9, 7

@@ -113,7 +113,7 @@ TABLES: tuple[str, ...] = tuple(SCHEMAS)
 
 # Columns added after schema version 1, with the value that files written before them and
 # writers that do not know them get (so older results folders stay readable): the git SHA
-# of the code the driver ran ("" = unknown, not a git checkout; issue 11).
+# of the code the driver ran ("" = unknown, not a git checkout).
 ADDED_COLUMNS: dict[str, dict[str, Any]] = {"searches": {"git_sha": ""}, "trials": {"git_sha": ""}}
 
 # Columns holding accuracies as fractions: a value outside [0, 1] means someone wrote percent.

@@ -10,7 +10,7 @@ trial whose rows were deleted or found unreadable runs again even if Tune record
 finished. Rows go to Parquet under deterministic keys (the trial id): a retried epoch or trial
 overwrites its rows, never duplicates them.
 
-Rows go home (issue 11): a trial writes nothing into the results folder, which may be on
+Rows go home: a trial writes nothing into the results folder, which may be on
 another machine. It gets its episode lists as data, reports each epoch, and its last
 checkpoint carries the model file and its rows; the driver writes them
 (`harness.tune_callbacks.TrialRowsCallback`).
@@ -503,7 +503,7 @@ def run_trial(config: dict[str, Any], specs: dict[str, dict[str, Any]],
     `episode_lists` is `load_episode_lists` (both bound with `tune.with_parameters`, so they
     travel through Ray's object store and stay out of Tune's printed configs).
 
-    The trial writes nothing outside its own temporary folder (issue 11: on a cluster it may
+    The trial writes nothing outside its own temporary folder (on a cluster it may
     run on a node that cannot see the driver's disk). Every epoch is reported with its
     checkpoint; the last report's checkpoint also holds the model file and the trial's rows
     (OUTPUTS_NAME), which the driver writes into the results folder

@@ -1,4 +1,4 @@
-"""Tune callbacks that run on the driver (issue 11: rows go home).
+"""Tune callbacks that run on the driver (rows go home).
 
 A trial may run on any node of a cluster, with no view of the driver's disk, so it writes
 nothing there: it reports each epoch's metrics, and its last checkpoint carries its model

@@ -1,4 +1,4 @@
-"""Training-free proxies of architecture quality, one registry (issue 14).
+"""Training-free proxies of architecture quality, one registry.
 
 Every proxy is a pure function ``fn(model, batch, settings, generator) -> float`` of the
 network at its current weights and one few-shot kernel batch (`ProxyBatch`): the SAME images,
