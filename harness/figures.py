@@ -413,6 +413,7 @@ def write_figures(results_dir: str | os.PathLike[str], out_dir: str | os.PathLik
         title = f"proxies at initialisation vs accuracy after training ({len(data['proxies'])} genotypes)"
         proxies.append(_write(lambda: proxy_scatter_figure(data["proxies"], n_boot=n_boot, seed=seed, title=title),
                               out, "proxies", title, input_digest(data["proxies"], n_boot, seed, title)))
+        proxies.extend(_leaderboard_figures(data["proxies"], data.get("proxy_scores"), out))
     searches = data["searches"]
     for (dataset, cells_n, seed_), frame in searches.groupby(["dataset", "cells", "seed"], sort=True):
         found = {}
@@ -425,6 +426,25 @@ def write_figures(results_dir: str | os.PathLike[str], out_dir: str | os.PathLik
             cells.append(_write(lambda: cells_figure(found, title), out, f"cells-{dataset}-c{cells_n}-s{seed_}",
                                 title, input_digest(title, *found, *(p for pair in found.values() for p in pair))))
     return FigureSet(tuple(seeds), tuple(curves), tuple(trajectories), tuple(proxies), tuple(cells))
+
+
+def _leaderboard_figures(proxies: pd.DataFrame, scores: pd.DataFrame | None, out: Path
+                         ) -> list[tuple[str, Path, Path]]:
+    """The proxy leaderboard's heat map (proxy-proxy τ) and scatter grid (every registry proxy
+    against each accuracy), when the study scored `[study] zero_cost` proxies."""
+    from harness.leaderboard import heatmap_figure, joined_frame, proxy_correlations, scatter_grid_figure
+
+    if scores is None or scores.empty:
+        return []
+    frame = joined_frame(proxies, scores)
+    if frame.empty:
+        return []
+    corr = proxy_correlations(frame)
+    heat = f"proxy-proxy rank correlation (Kendall τ, oriented; {len(frame)} genotypes)"
+    grid = f"every zero-cost proxy at initialisation vs accuracy after training ({len(frame)} genotypes)"
+    return [_write(lambda: heatmap_figure(corr, heat), out, "proxy-heatmap", heat, input_digest(corr, heat)),
+            _write(lambda: scatter_grid_figure(frame, grid), out, "proxy-scatter-grid", grid,
+                   input_digest(frame, grid))]
 
 
 def _require(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:

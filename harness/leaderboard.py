@@ -246,8 +246,9 @@ def _png(fig: Any, path: Path) -> Path:
     return path.with_suffix(".png")
 
 
-def plot_heatmap(corr: pd.DataFrame, path: Path, title: str = "") -> Path:
-    """Heat map of the proxy-proxy rank correlations (Kendall τ of the oriented proxies)."""
+def heatmap_figure(corr: pd.DataFrame, title: str = "") -> Any:
+    """Heat map of the proxy-proxy rank correlations (Kendall τ of the oriented proxies);
+    a matplotlib Figure (not saved)."""
     from matplotlib.figure import Figure
 
     n = len(corr)
@@ -264,11 +265,17 @@ def plot_heatmap(corr: pd.DataFrame, path: Path, title: str = "") -> Path:
     if title:
         ax.set_title(title, fontsize=8)
     fig.tight_layout()
-    return _png(fig, path)
+    return fig
 
 
-def plot_scatter_grid(frame: pd.DataFrame, path: Path, title: str = "") -> Path:
-    """Rows: targets; columns: proxies; log10 for condition numbers, infinite ones left out."""
+def plot_heatmap(corr: pd.DataFrame, path: Path, title: str = "") -> Path:
+    """`heatmap_figure` saved beside `path` (PNG and SVG); the PNG path."""
+    return _png(heatmap_figure(corr, title), path)
+
+
+def scatter_grid_figure(frame: pd.DataFrame, title: str = "") -> Any:
+    """Rows: targets; columns: proxies; log10 for condition numbers, infinite ones left out;
+    `frame` is `joined_frame`'s. A matplotlib Figure (not saved)."""
     from matplotlib.figure import Figure
 
     names = _ordered([c for c in frame.columns if c in PROXY_DIRECTIONS])
@@ -292,7 +299,12 @@ def plot_scatter_grid(frame: pd.DataFrame, path: Path, title: str = "") -> Path:
     if title:
         fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    return _png(fig, path)
+    return fig
+
+
+def plot_scatter_grid(frame: pd.DataFrame, path: Path, title: str = "") -> Path:
+    """`scatter_grid_figure` saved beside `path` (PNG and SVG); the PNG path."""
+    return _png(scatter_grid_figure(frame, title), path)
 
 
 def write_figures(proxies: pd.DataFrame, scores: pd.DataFrame, plots: Path, title: str = "") -> list[Path]:

@@ -226,6 +226,14 @@ def test_zero_cost_study_end_to_end_without_ray(tmp_path) -> None:
     assert "## Proxy leaderboard" in report.markdown and "retest τ between 2 trainings" in report.markdown
     board = report.tables["leaderboard"]
     assert set(board["proxy"]) == {"cn_metantk_maml", "cn_metantk_anil", "cn_ntk", "regions", "synflow"}
+    # the leaderboard's figures are in the HTML report, drawn from the same tables
+    from harness.report import write_report
+
+    files = write_report(cfg.results_dir, n_boot=20)
+    page = files["index.html"].read_text(encoding="utf-8")
+    for stem in ("proxy-heatmap", "proxy-scatter-grid"):
+        assert f'src="figures/{stem}.svg"' in page
+        assert (cfg.results_dir / "report" / "figures" / f"{stem}.svg").read_text().lstrip().startswith("<?xml")
 
 
 def test_a_training_missing_is_refused(tmp_path) -> None:
