@@ -11,13 +11,12 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections import deque
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any, Callable, Hashable, Iterable
 
 import numpy as np
 import ray
 
-from harness.scoring import Job, Score, ScoreSpec  # noqa: F401  (Job re-exported)
+from harness.scoring import Job, JobFeed, Score, ScoreSpec  # noqa: F401  (Job re-exported)
 
 MAX_RESTARTS = 4
 MAX_TASK_RETRIES = 4
@@ -98,24 +97,26 @@ class ScorerPool:
     def actors(self) -> list[Any]:
         return list(self._actors)
 
-    def run(self, jobs: Sequence[Job], on_result: Callable[[Job, str, list[tuple[Hashable, Score]]], None]) -> None:
+    def run(self, jobs: Iterable[Job], on_result: Callable[[Job, str, list[tuple[Hashable, Score]]], None]) -> None:
         """Score every job; `on_result(job, worker_label, [(id, Score)])` as each one finishes.
 
-        Jobs whose actor died beyond its restarts are resubmitted to a fresh actor (safe:
-        scores are pure); any other error propagates.
+        `jobs` may be a `JobFeed` that `on_result` adds to: then this returns when the feed
+        is empty and nothing is in flight. Jobs whose actor died beyond its restarts are
+        resubmitted to a fresh actor (safe: scores are pure); any other error propagates.
         """
-        pending = deque(jobs)
+        pending = jobs if isinstance(jobs, JobFeed) else JobFeed(jobs)
         inflight: dict[Any, tuple[Job, int]] = {}
         load = [0] * self.size
-        resubmits = 0
+        submitted = resubmits = 0
         while pending or inflight:
             while pending:
                 idx = min(range(self.size), key=lambda i: load[i])
                 if load[idx] >= IN_FLIGHT_PER_ACTOR:
                     break
-                job = pending.popleft()
+                job = pending.pop()
                 inflight[self._actors[idx].score.remote(job, self.batch)] = (job, idx)
                 load[idx] += 1
+                submitted += 1
             ready, _ = ray.wait(list(inflight), num_returns=1)
             for ref in ready:
                 job, idx = inflight.pop(ref)
@@ -124,11 +125,11 @@ class ScorerPool:
                     label, scores = ray.get(ref)
                 except ray.exceptions.RayActorError:
                     resubmits += 1
-                    if resubmits > 3 * self.size + len(jobs):
+                    if resubmits > 3 * self.size + submitted:
                         raise
                     time.sleep(0.5)
                     self._actors[idx] = self._new_actor(idx)
-                    pending.appendleft(job)
+                    pending.put_back(job)
                     continue
                 on_result(job, label, scores)
 

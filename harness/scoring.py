@@ -14,7 +14,8 @@ import hashlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Mapping
+from collections import deque
+from typing import Any, Hashable, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -84,6 +85,37 @@ class Job:
     key: tuple
     measures: tuple[str, ...]
     items: tuple[tuple[Any, np.ndarray], ...]
+
+
+class JobFeed:
+    """Jobs waiting to be scored, which may grow while they are scored.
+
+    A pool takes jobs from the front (`pop`, or plain iteration, which goes on while jobs
+    remain) and a result handler may `add` more: each search submits its next round as soon
+    as its own round's last result arrives, so a quick search never waits at a round barrier
+    for a slow one (`harness.search.run_searches`). A list of jobs works wherever a feed does
+    when nothing is added.
+    """
+
+    def __init__(self, jobs: Iterable[Job] = ()) -> None:
+        self._queue: deque[Job] = deque(jobs)
+
+    def add(self, jobs: Iterable[Job]) -> None:
+        self._queue.extend(jobs)
+
+    def pop(self) -> Job:
+        return self._queue.popleft()
+
+    def put_back(self, job: Job) -> None:
+        """Return a job to the front (its worker died before answering)."""
+        self._queue.appendleft(job)
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def __iter__(self) -> Iterator[Job]:
+        while self._queue:
+            yield self._queue.popleft()
 
 
 @dataclass(frozen=True)

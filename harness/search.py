@@ -39,7 +39,8 @@ from harness.config import (FIXED_METHODS, GENOTYPE_METHOD_PREFIX, PROXY_MEASURE
 from harness.errors import UserError
 from harness.ranking import (Candidate, choose_prunes, keep_edges, oriented_delta, rank_candidates, ranking_mode,
                              relative_delta)
-from harness.scoring import N_CELL_TYPES, N_EDGES, N_OPS, Job, Score, ScoreSpec, generator, spec_from_config
+from harness.scoring import (N_CELL_TYPES, N_EDGES, N_OPS, Job, JobFeed, Score, ScoreSpec, generator,
+                             spec_from_config)
 from search_spaces.genotypes import CELL_TYPES, INPUTS_PER_NODE, NODE_EDGES
 
 STATE_FILE = "state/searches.json"
@@ -322,7 +323,7 @@ def search_bars(states: list[SearchState], total: int, progress: bool, stream: A
         n = len(states)
         shared = LineProgress(total * n, f"{n} search{'es' if n > 1 else ''}", "cand", stream=stream)
         return {s.search_id: shared for s in states}
-    return {s.search_id: progress_bar(total, f"{s.search_id} round {s.round + 1}/7", "cand", enabled=progress,
+    return {s.search_id: progress_bar(total, f"{s.search_id} round {s.round + 1}/{SEARCH_ROUNDS}", "cand", enabled=progress,
                                       stream=stream, position=i, leave=True, dynamic_ncols=True, mininterval=1.0)
             for i, s in enumerate(states)}
 
@@ -359,93 +360,116 @@ def run_searches(cfg: ExperimentConfig, pool: Any, *, resume: bool = False, stop
     # tqdm's rate is then candidates/s.
     total = pruning_network_count() * repeats
     bars = search_bars([s for s in states if s.method in PRUNING_METHODS], total, progress)
-    while True:
-        active = [s for s in states if s.stage in ("ops", "edges")]
-        if not active:
-            break
-        round_start = time.perf_counter()
-        jobs, cands_of = [], {}
-        for s in active:
-            masks = np.array(s.masks, dtype=bool)
-            cands = op_candidates(masks) if s.stage == "ops" else edge_candidates(masks)
-            cands_of[s.search_id] = cands
-            measures = PRUNING_METHODS[s.method]
-            items: list[tuple[Hashable, np.ndarray]] = [((s.search_id, "origin"), masks)]
-            items += [((s.search_id, cand), pruned(masks, cand)) for cand in cands]
-            per_job = cfg.search.candidates_per_job
-            for r in range(repeats):
-                key = (cfg.experiment.seed, s.search_id, s.round, r)
-                for i in range(0, len(items), per_job):
-                    jobs.append(Job(specs[s.cells], key, measures,
-                                    tuple(((ident, r), m) for ident, m in items[i:i + per_job])))
+    by_search = {s.search_id: s for s in states}
+    rounds: dict[str, _Round] = {}
+    feed = JobFeed()
 
-        scores: dict[tuple, Score] = {}
-        workers: dict[tuple, set[str]] = {}
+    def start_round(s: SearchState) -> list[Job]:
+        """The jobs of `s`'s next round (none when it is done or stops here)."""
+        if s.stage not in ("ops", "edges") or (stop_after_round is not None and s.round >= stop_after_round):
+            return []
+        masks = np.array(s.masks, dtype=bool)
+        cands = op_candidates(masks) if s.stage == "ops" else edge_candidates(masks)
+        items: list[tuple[Hashable, np.ndarray]] = [((s.search_id, "origin"), masks)]
+        items += [((s.search_id, cand), pruned(masks, cand)) for cand in cands]
+        per_job = cfg.search.candidates_per_job
+        jobs = [Job(specs[s.cells], (cfg.experiment.seed, s.search_id, s.round, r), PRUNING_METHODS[s.method],
+                    tuple(((ident, r), m) for ident, m in items[i:i + per_job]))
+                for r in range(repeats) for i in range(0, len(items), per_job)]
+        rounds[s.search_id] = _Round(cands, len(jobs), time.perf_counter())
+        return jobs
 
-        def on_result(job: Job, label: str, results: list) -> None:
-            for (ident, r), score in results:
-                scores[(ident, r)] = score
-                workers.setdefault(ident, set()).add(label)
-                bar = bars.get(ident[0])
-                if bar is not None:
-                    bar.update(1)
-
-        pool.run(jobs, on_result)
-        wall = time.perf_counter() - round_start
-
-        for s in active:
-            masks = np.array(s.masks, dtype=bool)
-            measures = PRUNING_METHODS[s.method]
-            cn_name = primary_measure(measures)
-            sid = s.search_id
-            origin = {m: [scores[((sid, "origin"), r)].value(m) for r in range(repeats)] for m in measures}
-            raw, deltas, secs, wk = {}, [], {}, {}
-            for cand in cands_of[sid]:
-                vals = {m: [scores[((sid, cand), r)].value(m) for r in range(repeats)] for m in measures}
-                raw[cand] = vals
-
-                def delta(m: str | None) -> float | None:
-                    if m is None or m not in measures:
-                        return None
-                    return mode.aggregate([measure_delta(m, o, p) for o, p in zip(origin[m], vals[m])])
-
-                deltas.append(Candidate(cand[0], cand[1], cand[2], delta(cn_name), delta("rn")))
-                secs[cand] = float(sum(scores[((sid, cand), r)].seconds for r in range(repeats)))
-                wk[cand] = workers[(sid, cand)]
-            ranked = rank_candidates(deltas, mode=cfg.search.ranking)
-            if s.stage == "ops":
-                chosen = choose_prunes(ranked)
-                removed = {(c.cell_type, c.edge, c.op) for c in chosen.values()}
-            else:  # one node group: keep its 2 most important edges
-                kept = keep_edges(ranked, KEEP_EDGES)
-                removed = {cand for cand in cands_of[sid] if cand[1] not in kept}
-            for cand in removed:
-                masks = pruned(masks, cand)
-            if s.stage == "ops" and masks.sum(axis=2).max() == 1:
-                s.stage = "edges"
-            elif s.stage == "edges" and next_edge_group(masks) is None:
-                s.genotype = genotype_from_masks(masks).to_str()
-                s.stage = "done"
-            rows = _candidate_rows(cfg, s, cfg.dataset.name, s.round + 1, ranked, raw, origin, cn_name, removed,
-                                   wk, secs)
-            store.write_rows(results_dir, "candidates", f"{sid}-r{s.round + 1:02d}", rows)
-            s.round += 1
-            s.masks = masks.tolist()
-            s.candidates += len(cands_of[sid])
-            s.device_seconds += float(sum(v.seconds for k, v in scores.items() if k[0][0] == sid))
-            s.wall_seconds += wall
-            s.workers |= set().union(*wk.values()) if wk else set()
-            if sid in bars and not isinstance(bars[sid], LineProgress):
-                bars[sid].set_description(f"{sid} round {min(s.round + 1, SEARCH_ROUNDS)}/{SEARCH_ROUNDS}",
-                                          refresh=False)
+    def on_result(job: Job, label: str, results: list) -> None:
+        sid = job.key[1]  # the key start_round gave it: (experiment seed, search id, round, repeat)
+        rnd = rounds[sid]
+        for (ident, r), score in results:
+            rnd.scores[(ident, r)] = score
+            rnd.workers.setdefault(ident, set()).add(label)
+            bar = bars.get(sid)
+            if bar is not None:
+                bar.update(1)
+        rnd.jobs_left -= 1
+        if rnd.jobs_left:
+            return
+        # This search's round is complete: prune, record, and submit its next round at once
+        # (the other searches' rounds go on; none waits for another's).
+        del rounds[sid]
+        s = by_search[sid]
+        _close_round(cfg, s, rnd, repeats, mode)
         _save_state(results_dir, digest, states)
-        if stop_after_round is not None and all(s.round >= stop_after_round for s in active):
-            for bar in bars.values():
-                bar.close()
-            raise SearchInterrupted(f"stopped after round {stop_after_round}")
+        if sid in bars and not isinstance(bars[sid], LineProgress):
+            bars[sid].set_description(f"{sid} round {min(s.round + 1, SEARCH_ROUNDS)}/{SEARCH_ROUNDS}", refresh=False)
+        feed.add(start_round(s))
+
+    for s in states:
+        feed.add(start_round(s))
+    if feed:
+        pool.run(feed, on_result)
+    if rounds:  # a pool returned with work in flight: a programming error, never a silent half-search
+        raise RuntimeError(f"the scorer pool returned before rounds of {sorted(rounds)} were scored")
+    if stop_after_round is not None and any(s.stage in ("ops", "edges") for s in states):
+        for bar in bars.values():
+            bar.close()
+        raise SearchInterrupted(f"stopped after round {stop_after_round}")
     for bar in bars.values():
         bar.close()
     return _finish(cfg, states, by_id, getattr(pool, "device_kind", "cpu"), getattr(pool, "size", 1))
+
+
+@dataclass
+class _Round:
+    """One search's round in flight: its candidates, the scores so far, who scored them."""
+
+    cands: list[tuple[int, int, int]]
+    jobs_left: int
+    started: float
+    scores: dict[tuple, Score] = field(default_factory=dict)
+    workers: dict[Hashable, set[str]] = field(default_factory=dict)
+
+
+def _close_round(cfg: ExperimentConfig, s: SearchState, rnd: _Round, repeats: int, mode: Any) -> None:
+    """Rank `s`'s candidates of the round `rnd` (all scored), prune, write its candidate rows and
+    advance `s` (masks, stage, counters; the genotype when the last edge group is decided)."""
+    masks = np.array(s.masks, dtype=bool)
+    measures = PRUNING_METHODS[s.method]
+    cn_name = primary_measure(measures)
+    sid, scores = s.search_id, rnd.scores
+    origin = {m: [scores[((sid, "origin"), r)].value(m) for r in range(repeats)] for m in measures}
+    raw, deltas, secs, wk = {}, [], {}, {}
+    for cand in rnd.cands:
+        vals = {m: [scores[((sid, cand), r)].value(m) for r in range(repeats)] for m in measures}
+        raw[cand] = vals
+
+        def delta(m: str | None) -> float | None:
+            if m is None or m not in measures:
+                return None
+            return mode.aggregate([measure_delta(m, o, p) for o, p in zip(origin[m], vals[m])])
+
+        deltas.append(Candidate(cand[0], cand[1], cand[2], delta(cn_name), delta("rn")))
+        secs[cand] = float(sum(scores[((sid, cand), r)].seconds for r in range(repeats)))
+        wk[cand] = rnd.workers[(sid, cand)]
+    ranked = rank_candidates(deltas, mode=cfg.search.ranking)
+    if s.stage == "ops":
+        chosen = choose_prunes(ranked)
+        removed = {(c.cell_type, c.edge, c.op) for c in chosen.values()}
+    else:  # one node group: keep its 2 most important edges
+        kept = keep_edges(ranked, KEEP_EDGES)
+        removed = {cand for cand in rnd.cands if cand[1] not in kept}
+    for cand in removed:
+        masks = pruned(masks, cand)
+    if s.stage == "ops" and masks.sum(axis=2).max() == 1:
+        s.stage = "edges"
+    elif s.stage == "edges" and next_edge_group(masks) is None:
+        s.genotype = genotype_from_masks(masks).to_str()
+        s.stage = "done"
+    rows = _candidate_rows(cfg, s, cfg.dataset.name, s.round + 1, ranked, raw, origin, cn_name, removed, wk, secs)
+    store.write_rows(cfg.results_dir, "candidates", f"{sid}-r{s.round + 1:02d}", rows)
+    s.round += 1
+    s.masks = masks.tolist()
+    s.candidates += len(rnd.cands)
+    s.device_seconds += float(sum(v.seconds for v in scores.values()))
+    s.wall_seconds += time.perf_counter() - rnd.started  # this search's own round, not the slowest one's
+    s.workers |= set().union(*wk.values()) if wk else set()
 
 
 def _finish(cfg: ExperimentConfig, states: list[SearchState], by_id: dict[str, SearchPlan], device_kind: str,

@@ -107,20 +107,19 @@ def searches_kernel(cfg) -> dict:
 
 
 class KillingPool:
-    """Kills (SIGKILL) one scorer actor's process after the first result of round 2."""
+    """Kills (SIGKILL) one scorer actor's process after the first result of round 2 (the
+    pool is run once; each search feeds it its next round as its own round ends)."""
 
     def __init__(self, pool):
         self.pool, self.size, self.device_kind = pool, pool.size, pool.device_kind
-        self.calls, self.killed = 0, False
+        self.killed = False
 
     def run(self, jobs, on_result):
         import ray
 
-        self.calls += 1
-
         def wrapped(job, label, results):
             on_result(job, label, results)
-            if self.calls == 2 and not self.killed:
+            if job.key[2] == 1 and not self.killed:  # key: (experiment seed, search id, round, repeat)
                 pid = ray.get(self.pool.actors[0].info.remote())["pid"]
                 os.kill(pid, signal.SIGKILL)
                 self.killed = True
