@@ -220,8 +220,15 @@ def config_digest(cfg: ExperimentConfig) -> str:
 
 
 def _save_state(results_dir: Path, digest: str, states: list[SearchState]) -> None:
-    store.write_json_atomic(results_dir / STATE_FILE,
-                            {"config_digest": digest, "searches": [s.to_json() for s in states]})
+    # Growth: the states of searches this config no longer lists are kept, so adding them
+    # back resumes them instead of redoing them.
+    path = results_dir / STATE_FILE
+    old = _read_state_file(path, warn=False) if path.is_file() else None
+    ids = {s.search_id for s in states}
+    others = [d for d in (old or {}).get("searches", []) if isinstance(d, dict) and d.get("search_id") not in ids]
+    data = {"config_digest": digest, "searches": [s.to_json() for s in states] + others}
+    if data != old:  # a rerun with nothing to do rewrites nothing
+        store.write_json_atomic(path, data)
 
 
 # The way out of a state written by another config (`run` has no --resume: it always resumes).
@@ -247,30 +254,50 @@ def _read_state_file(path: Path, *, warn: bool = True) -> dict[str, Any] | None:
         return None
 
 
-def _load_state(results_dir: Path, digest: str, plans: list[SearchPlan], *, warn: bool = True
-                ) -> list[SearchState] | None:
+def _load_state(cfg: ExperimentConfig, plans: list[SearchPlan], *, warn: bool = True) -> list[SearchState] | None:
+    """The saved state of each search of `plans` (a fresh one for a search without any).
+
+    Growth: each search is checked on its own against the settings it was recorded with
+    (`harness.identity`); other seeds, methods or cell counts in the file or the config do
+    not matter. A search with progress made under other settings is refused (UserError
+    naming the changed settings); one without progress starts over.
+    """
+    from harness.growth import recorded_identities
+    from harness.identity import changed_settings, search_identity, search_key
+
+    results_dir = cfg.results_dir
     path = results_dir / STATE_FILE
     if not path.is_file():
         return None
     data = _read_state_file(path, warn=warn)
     if data is None:
         return None
-    if data.get("config_digest") != digest:
-        raise UserError(f"{path} was written by a different experiment config; {FRESH_HINT}")
     try:
-        states = [SearchState.from_json(d) for d in data["searches"]]
+        saved = {d["search_id"]: SearchState.from_json(d) for d in data["searches"]}
     except (TypeError, KeyError, ValueError) as exc:
         if warn:
             print(f"warning: {path} is unreadable ({exc}); the searches start over", file=sys.stderr)
         return None
-    if [s.search_id for s in states] != [p.search_id for p in plans]:
-        raise UserError(f"{path} lists other searches than the config; {FRESH_HINT}")
+    recorded = recorded_identities(results_dir)
+    # A state file of older code has no identities: then its config must be this one.
+    same_config = data.get("config_digest") == config_digest(cfg)
+    states = []
+    for p in plans:
+        state = saved.get(p.search_id)
+        old, new = recorded.get(search_key(p.search_id)), search_identity(cfg, p.method, p.seed, p.cells)
+        if state is not None and ((old is None and not same_config) or (old is not None and old != new)):
+            if state.round or state.stage == "done":
+                changes = ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changed_settings(old or {}, new)[:3])
+                raise UserError(f"{path} was written by a different experiment config for search {p.search_id}"
+                                f"{f' ({changes})' if old is not None else ''}; {FRESH_HINT}")
+            state = None
+        states.append(state or SearchState(p.search_id, p.method, p.seed, p.cells))
     return states
 
 
 def check_resumable(cfg: ExperimentConfig) -> None:
     """Refuse (UserError) before anything is written if the saved state belongs to another config."""
-    _load_state(cfg.results_dir, config_digest(cfg), plan_searches(cfg), warn=False)  # run_searches warns
+    _load_state(cfg, plan_searches(cfg), warn=False)  # run_searches warns
 
 
 def _rounds_on_disk(results_dir: Path, state: SearchState) -> bool:
@@ -339,7 +366,7 @@ def run_searches(cfg: ExperimentConfig, pool: Any, *, resume: bool = False, stop
     results_dir = cfg.results_dir
     plans = plan_searches(cfg)
     digest = config_digest(cfg)
-    states = (_load_state(results_dir, digest, plans) if resume else None) or [
+    states = (_load_state(cfg, plans) if resume else None) or [
         SearchState(p.search_id, p.method, p.seed, p.cells) for p in plans]
     for i, s in enumerate(states):
         if s.method in PRUNING_METHODS and not _rounds_on_disk(results_dir, s):
@@ -353,6 +380,7 @@ def run_searches(cfg: ExperimentConfig, pool: Any, *, resume: bool = False, stop
         if s.stage != "done" and s.method not in PRUNING_METHODS:
             s.genotype = fixed_genotype(by_id[s.search_id], cfg.experiment.seed).to_str()
             s.stage = "done"
+    _record_search_identities(cfg)  # growth: what each search is made with (harness.growth)
     _save_state(results_dir, digest, states)
     repeats = cfg.search.repeats
     # One bar per pruning search, counting scored networks (candidates + origins, x repeats);
@@ -458,7 +486,11 @@ def _finish(cfg: ExperimentConfig, states: list[SearchState], by_id: dict[str, S
     results_dir = cfg.results_dir
     rows = []
     warned = False
+    finished = _finished_search_rows(results_dir, [s.search_id for s in states])
     for s in states:
+        if s.search_id in finished:  # growth: a finished search's row and cells are not rewritten
+            rows.append(finished[s.search_id])
+            continue
         genotype = Genotype.from_str(s.genotype)
         row = {
             "experiment": cfg.experiment.name, "dataset": cfg.dataset.name, "method": s.method, "seed": s.seed,
@@ -477,6 +509,30 @@ def _finish(cfg: ExperimentConfig, states: list[SearchState], by_id: dict[str, S
                 print(f"warning: {exc}", file=sys.stderr)
                 warned = True
         rows.append(row)
+    return rows
+
+
+def _record_search_identities(cfg: ExperimentConfig) -> None:
+    from harness.growth import record_units
+    from harness.identity import planned_units
+
+    record_units(cfg.results_dir, planned_units(cfg, search=True, train=False).values())
+
+
+def _finished_search_rows(results_dir: Path, search_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """search id -> its `searches` row, for the searches of `search_ids` with a readable row
+    on disk (an unreadable one is rewritten)."""
+    rows = {}
+    for sid in search_ids:
+        path = store.table_path(results_dir, "searches", sid)
+        if not path.is_file():
+            continue
+        try:
+            (row,) = store.read_file(path, "searches").to_pylist()
+        except (store.SchemaError, ValueError):  # unreadable, or not exactly one row
+            continue
+        row.pop("schema_version", None)
+        rows[sid] = row
     return rows
 
 

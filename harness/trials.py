@@ -637,7 +637,15 @@ def trial_outputs(spec: TrialSpec, result: Any, summary: dict[int, tuple[float, 
         "git_sha": "",  # the driver's, stamped when it writes the row (`write_trial_outputs`)
     }
     return {"trial_id": spec.trial_id, "history": history_rows(spec, list(result.history)), "trials": [trial_row],
-            "episodes": [{**base, "trial_id": spec.trial_id, **r} for r in episode_rows]}
+            "episodes": episode_table_rows(spec, episode_rows)}
+
+
+def episode_table_rows(spec: TrialSpec, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of the `episodes` table: each of `rows` (ways, shots, queries, episode, accuracy)
+    with the trial's keys."""
+    base = {"experiment": spec.experiment, "dataset": spec.dataset, "method": spec.method, "seed": spec.seed,
+            "cells": spec.cells, "trial_id": spec.trial_id}
+    return [{**base, **r} for r in rows]
 
 
 def write_trial_outputs(results_dir: str | Path, outputs: dict[str, Any], git_sha: str = "") -> None:
@@ -700,17 +708,29 @@ def run_trials(cfg: ExperimentConfig, specs: list[TrialSpec], *, verbose: int = 
     """Run the missing trials under Tune; returns the trial ids that have rows afterwards.
 
     The Parquet tables decide what is done: unreadable `trials`/`episodes` files are set
-    aside first, and a trial counts as done only with both its rows. A rerun with the same
-    specs restores the Tune experiment (finished trials do no work); if every trial already
-    has its rows, Tune is not started at all.
+    aside first, and a trial counts as done only with both its rows. Only the missing trials
+    run (`harness.growth.tune_runs`): an interrupted Tune experiment is restored (its trials
+    resume from their last epoch), the others run in a new experiment over them alone, so
+    adding a seed never retrains a finished trial; if every trial already has its rows, Tune
+    is not started at all. Then finished trials get the evaluations of shot counts added
+    since they ran, from their model files (`harness.growth.evaluate_added_shots`).
     """
-    from ray import tune
-
-    from harness.ray_session import attached, ensure_ray, trial_resources
+    from harness.growth import evaluate_added_shots
 
     report_set_aside(store.set_aside_unreadable(cfg.results_dir, ("trials", "episodes")))
-    if not missing_trials(cfg.results_dir, specs):
-        return sorted(finished_trials(cfg.results_dir))
+    missing = missing_trials(cfg.results_dir, specs)
+    if missing:
+        _train_missing(cfg, specs, missing, verbose)
+    evaluate_added_shots(cfg, specs)
+    return sorted(finished_trials(cfg.results_dir))
+
+
+def _train_missing(cfg: ExperimentConfig, specs: list[TrialSpec], missing: set[str], verbose: int) -> None:
+    from ray import tune
+
+    from harness.growth import forget_tune_experiments, tune_runs
+    from harness.ray_session import attached, ensure_ray, trial_resources
+
     ensure_episode_lists(cfg)
     storage, explicit = tune_storage(cfg)
     cluster = ensure_ray(cfg.resources.address, cfg.resources.num_cpus)
@@ -726,25 +746,35 @@ def run_trials(cfg: ExperimentConfig, specs: list[TrialSpec], *, verbose: int = 
     trainable = tune.with_resources(tune.with_parameters(run_trial, specs=labels,
                                                          episode_lists=load_episode_lists(cfg.results_dir, specs[0])),
                                     trial_resources(cluster, cfg.resources.trial_cpus, cfg.resources.trial_gpus))
-    name = f"trials-{_specs_digest(specs)}"
-    path = f"{storage.rstrip('/')}/{name}"
     started = time.perf_counter()
-    # Tune restores its experiment (interrupted trials resume from their last epoch). Its
+
+    def fit(name: str, ids: set[str]) -> None:
+        grid = [label for label, d in labels.items() if d["trial_id"] in ids]
+        _fit(_tuner(cfg, trainable, labels, storage, name, verbose, grid=grid), cfg, _join(storage, name), started)
+
+    runs = tune_runs(cfg.results_dir, storage, specs, missing, _specs_digest)
+    for name, ids, _ in runs:
+        fit(name, set(ids) & missing)
+    # Tune restores its experiments (interrupted trials resume from their last epoch). Its
     # bookkeeping may call a trial finished whose rows were deleted or set aside since: then
-    # that experiment folder is moved aside and only the trials without rows run again.
-    _fit(_tuner(cfg, trainable, labels, storage, name, verbose), cfg, path, started)
-    missing = missing_trials(cfg.results_dir, specs)
-    if missing:
-        stale = f"{name}.stale-{time.time_ns()}"
-        _move_experiment(path, f"{storage.rstrip('/')}/{stale}")
-        print(f"warning: Tune's record {stale} called {len(missing)} trial(s) finished that have no rows "
-              f"({', '.join(sorted(missing)[:3])}); moved it aside and running them again", file=sys.stderr)
-        again = {label: d for label, d in labels.items() if d["trial_id"] in missing}
-        _fit(_tuner(cfg, trainable, again, storage, name, verbose), cfg, path, started)
-        missing = missing_trials(cfg.results_dir, specs)
-        if missing:  # a finished trainable always writes its rows: a programming error
-            raise RuntimeError(f"trials {sorted(missing)} finished without writing rows under {cfg.results_dir}")
-    return sorted(finished_trials(cfg.results_dir))
+    # those experiment folders are moved aside and only the trials without rows run again.
+    left = missing_trials(cfg.results_dir, specs)
+    if left:
+        stale = [name for name, ids, _ in runs if set(ids) & left and tune.Tuner.can_restore(_join(storage, name))]
+        for name in stale:
+            _move_experiment(_join(storage, name), _join(storage, f"{name}.stale-{time.time_ns()}"))
+        forget_tune_experiments(cfg.results_dir, stale)
+        print(f"warning: Tune's record(s) {', '.join(stale)} called {len(left)} trial(s) finished that have no "
+              f"rows ({', '.join(sorted(left)[:3])}); moved aside and running them again", file=sys.stderr)
+        for name, ids, _ in tune_runs(cfg.results_dir, storage, specs, left, _specs_digest):
+            fit(name, set(ids) & left)
+        left = missing_trials(cfg.results_dir, specs)
+        if left:  # a finished trainable always writes its rows: a programming error
+            raise RuntimeError(f"trials {sorted(left)} finished without writing rows under {cfg.results_dir}")
+
+
+def _join(storage: str, name: str) -> str:
+    return f"{storage.rstrip('/')}/{name}"
 
 
 def finished_trials(results_dir: Path) -> set[str]:
@@ -786,8 +816,9 @@ def _move_experiment(source: str, target: str) -> None:
 
 
 def _tuner(cfg: ExperimentConfig, trainable: Any, labels: dict[str, dict[str, Any]], storage: str, name: str,
-           verbose: int) -> Any:
-    """Restore Tune's experiment `storage/name`, or start one over the trials `labels`."""
+           verbose: int, grid: list[str] | None = None) -> Any:
+    """Restore Tune's experiment `storage/name`, or start one over the trial labels `grid`
+    (default: all of `labels`, which map every label Tune may report to its spec)."""
     from ray import tune
 
     from harness.provenance import code_version
@@ -806,7 +837,7 @@ def _tuner(cfg: ExperimentConfig, trainable: Any, labels: dict[str, dict[str, An
         trainable,
         # The grid runs over short trial labels, so Tune's status table shows one short
         # `trial` column; the specs travel through `tune.with_parameters`.
-        param_space={"trial": tune.grid_search(list(labels))},
+        param_space={"trial": tune.grid_search(list(labels) if grid is None else list(grid))},
         tune_config=tune.TuneConfig(num_samples=1),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, verbose=verbose,
