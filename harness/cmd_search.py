@@ -99,7 +99,19 @@ def start_pool(cfg: Any) -> Any:
         from harness.cluster_checks import check_cluster
 
         check_cluster(cfg)
-    return ScorerPool(cfg.resources.workers, cfg.resources.gpus_per_worker, cfg.resources.candidate_batch)
+    return ScorerPool(cfg.resources.workers, cfg.resources.gpus_per_worker, cfg.resources.candidate_batch,
+                      shared=share_search_data(cfg))
+
+
+def share_search_data(cfg: Any) -> Any:
+    """The training split, loaded once here and put in the object store for every scorer
+    actor (`harness.shared_data`)."""
+    import ray
+
+    from harness.scoring import spec_from_config
+    from harness.shared_data import load_shared, score_data_key
+
+    return ray.put(load_shared(score_data_key(spec_from_config(cfg, c)) for c in cfg.search.cells))
 
 
 def run_search_stage(cfg: Any, *, resume: bool, progress: bool) -> list[dict]:

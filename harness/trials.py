@@ -496,12 +496,14 @@ OUTPUTS_NAME = "outputs.json"
 
 
 def run_trial(config: dict[str, Any], specs: dict[str, dict[str, Any]],
-              episode_lists: dict[int, tuple[str, Any]]) -> None:
+              episode_lists: dict[int, tuple[str, Any]], data: dict[Any, Any] | None = None) -> None:
     """The Tune trainable: train (resuming from Tune's checkpoint), evaluate, report.
 
-    `config["trial"]` is the trial's label; `specs` maps labels to `TrialSpec` fields and
-    `episode_lists` is `load_episode_lists` (both bound with `tune.with_parameters`, so they
-    travel through Ray's object store and stay out of Tune's printed configs).
+    `config["trial"]` is the trial's label; `specs` maps labels to `TrialSpec` fields,
+    `episode_lists` is `load_episode_lists` and `data` the training and evaluation splits
+    (`harness.shared_data.load_shared`; None: read from the dataset root), all bound with
+    `tune.with_parameters`, so they travel through Ray's object store and stay out of Tune's
+    printed configs.
 
     The trial writes nothing outside its own temporary folder (on a cluster it may
     run on a node that cannot see the driver's disk). Every epoch is reported with its
@@ -512,7 +514,7 @@ def run_trial(config: dict[str, Any], specs: dict[str, dict[str, Any]],
     import torch
     from ray import tune
 
-    from trainers.data import load_split
+    from harness.shared_data import resolve_split, split_key
     from trainers.rfs import TrainConfig, pretrain
 
     # Ray logs every persisted checkpoint at INFO (one line per epoch and trial, forwarded
@@ -520,8 +522,8 @@ def run_trial(config: dict[str, Any], specs: dict[str, dict[str, Any]],
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     spec = TrialSpec(**specs[config["trial"]])
     device = _device()
-    split = load_split(spec.dataset, spec.root or None, spec.train_split, image_size=spec.image_size or None,
-                       seed=spec.data_seed, **spec.dataset_options)
+    split = resolve_split(data, split_key(spec.dataset, spec.root, spec.train_split, spec.image_size, spec.data_seed,
+                                          spec.dataset_options))
     in_channels = int(split.images.shape[1])
     model = seeded_network(spec, len(split.class_names), in_channels)
     train_cfg = TrainConfig(**{**spec.train, "lr_decay_epochs": tuple(spec.train["lr_decay_epochs"])})
@@ -547,9 +549,8 @@ def run_trial(config: dict[str, Any], specs: dict[str, dict[str, Any]],
         settings = eval_settings(spec, episode_lists)
         store.write_atomic(work / MODEL_NAME, lambda handle: _save_model(handle, model, spec, meta, settings))
 
-        test_split = load_split(settings.dataset, settings.root or None, settings.split,
-                                image_size=settings.image_size or None, seed=settings.data_seed,
-                                **settings.dataset_options)
+        test_split = resolve_split(data, split_key(settings.dataset, settings.root, settings.split,
+                                                   settings.image_size, settings.data_seed, settings.dataset_options))
         summary, episode_rows = evaluate_trained(model, settings, test_split, device, episode_lists=episode_lists)
         outputs = trial_outputs(spec, result, summary, episode_rows, params=sum(p.numel() for p in model.parameters()),
                                 device_kind=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
@@ -730,6 +731,7 @@ def _train_missing(cfg: ExperimentConfig, specs: list[TrialSpec], missing: set[s
 
     from harness.growth import forget_tune_experiments, tune_runs
     from harness.ray_session import attached, ensure_ray, trial_resources
+    from harness.shared_data import load_shared, trial_data_keys
 
     ensure_episode_lists(cfg)
     storage, explicit = tune_storage(cfg)
@@ -743,8 +745,12 @@ def _train_missing(cfg: ExperimentConfig, specs: list[TrialSpec], missing: set[s
         raise ValueError(f"trial labels are not unique: {sorted(trial_label(s) for s in specs)}")
     # The episode lists travel as data (object store), like the specs: trials read nothing
     # from the results folder.
+    # So do the dataset splits (`harness.shared_data`): loaded once here, read zero-copy by
+    # every trial on a node, and no node needs the dataset root.
+    data = load_shared(trial_data_keys(cfg).values())
     trainable = tune.with_resources(tune.with_parameters(run_trial, specs=labels,
-                                                         episode_lists=load_episode_lists(cfg.results_dir, specs[0])),
+                                                         episode_lists=load_episode_lists(cfg.results_dir, specs[0]),
+                                                         data=data),
                                     trial_resources(cluster, cfg.resources.trial_cpus, cfg.resources.trial_gpus))
     started = time.perf_counter()
 
