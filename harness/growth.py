@@ -114,24 +114,14 @@ def _episode_evaluations(results_dir: Path) -> set[str]:
     return keys
 
 
-def _searches_in_state(results_dir: Path) -> set[str]:
-    """Searches with progress in the search state (a finished round, or done)."""
-    from harness.search import STATE_FILE, _read_state_file
-
-    path = Path(results_dir) / STATE_FILE
-    data = _read_state_file(path, warn=False) if path.is_file() else None
-    if data is None:
-        return set()
-    return {f"{SEARCH}:{s.get('search_id')}" for s in data["searches"]
-            if isinstance(s, dict) and (s.get("round", 0) or s.get("stage") == "done")}
-
-
 def units_on_disk(results_dir: Path) -> set[str]:
     """Keys of every unit with work in `results_dir` (see the module doc)."""
+    from harness.search import searches_with_progress
+
     results_dir = Path(results_dir)
     keys = {f"{SEARCH}:{s}" for s in _stems(results_dir, "searches")}
     keys |= {f"{SEARCH}:{s.rpartition('-r')[0]}" for s in _stems(results_dir, "candidates")}
-    keys |= _searches_in_state(results_dir)
+    keys |= {f"{SEARCH}:{s}" for s in searches_with_progress(results_dir)}
     keys |= {f"{TRIAL}:{s}" for table in ("trials", "history") for s in _stems(results_dir, table)}
     return keys | _episode_evaluations(results_dir)
 
@@ -297,13 +287,21 @@ def evaluate_added_shots(cfg: Any, specs: list[Any], device: Any = None) -> list
     """Evaluate each finished trial on the shot counts added since it ran (`added_evaluations`),
     from its model file, on the driver: no retraining, the trial's files untouched. Writes
     `episodes/<trial id>-<K>shot.parquet`; returns those keys."""
+    from dataclasses import replace
+
     import torch
 
-    from harness.trials import (build_network, episode_table_rows, eval_settings, evaluate_with_settings,
-                                finished_trials, load_episode_lists, model_file_path, read_model_file)
-    from trainers.data import load_split
+    from harness.shared_data import split_key
+    from harness.trials import (build_network, episode_table_rows, eval_settings, evaluate_trained, finished_trials,
+                                load_episode_lists, model_file_path, read_model_file)
 
     todo = added_evaluations(cfg.results_dir, specs, finished_trials(cfg.results_dir))
+    lost = sorted({s.trial_id for s, _ in todo if not model_file_path(cfg.results_dir, s.trial_id).is_file()})
+    if lost:  # nothing to evaluate: say so and go on with the others
+        print(f"warning: no model file for {len(lost)} finished trial(s) ({', '.join(lost[:3])}) in "
+              f"{cfg.results_dir / 'models'}: their added shot counts are not evaluated; rerun with --fresh "
+              f"to train them again", file=sys.stderr)
+        todo = [(s, k) for s, k in todo if s.trial_id not in lost]
     if not todo:
         return []
     from harness.trials import ensure_episode_lists
@@ -312,8 +310,8 @@ def evaluate_added_shots(cfg: Any, specs: list[Any], device: Any = None) -> list
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     lists = load_episode_lists(cfg.results_dir, todo[0][0])
     settings = eval_settings(todo[0][0], lists)
-    split = load_split(settings.dataset, settings.root or None, settings.split, image_size=settings.image_size or None,
-                       seed=settings.data_seed, **settings.dataset_options)
+    split = split_key(settings.dataset, settings.root, settings.split, settings.image_size, settings.data_seed,
+                      settings.dataset_options).load()
     print(f"evaluating {len(todo)} added shot count(s) of finished trials from their model files", file=sys.stderr)
     keys = []
     for spec, shots in todo:
@@ -321,9 +319,8 @@ def evaluate_added_shots(cfg: Any, specs: list[Any], device: Any = None) -> list
         model = build_network(ckpt["genotype"], ckpt["channels"], ckpt["num_classes"], ckpt["cells"],
                               ckpt["in_channels"])
         model.load_state_dict(ckpt["model"])
-        accs = evaluate_with_settings(model, eval_settings(spec, lists), split, lists[shots][1], shots, device)
-        rows = [{"ways": spec.eval_ways, "shots": shots, "queries": spec.eval_queries, "episode": i,
-                 "accuracy": float(a)} for i, a in enumerate(accs.tolist())]
+        one = replace(eval_settings(spec, lists), shots=(shots,))
+        _, rows = evaluate_trained(model, one, split, device, episode_lists=lists)
         key = added_evaluation_key(spec.trial_id, shots)
         store.write_rows(cfg.results_dir, "episodes", key, episode_table_rows(spec, rows))
         keys.append(key)

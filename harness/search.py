@@ -254,6 +254,14 @@ def _read_state_file(path: Path, *, warn: bool = True) -> dict[str, Any] | None:
         return None
 
 
+def searches_with_progress(results_dir: Path) -> set[str]:
+    """Ids of the searches whose saved state has progress (a finished round, or done)."""
+    path = Path(results_dir) / STATE_FILE
+    data = _read_state_file(path, warn=False) if path.is_file() else None
+    return {d.get("search_id") for d in (data or {}).get("searches", [])
+            if isinstance(d, dict) and (d.get("round", 0) or d.get("stage") == "done")}
+
+
 def _load_state(cfg: ExperimentConfig, plans: list[SearchPlan], *, warn: bool = True) -> list[SearchState] | None:
     """The saved state of each search of `plans` (a fresh one for a search without any).
 
@@ -374,6 +382,8 @@ def run_searches(cfg: ExperimentConfig, pool: Any, *, resume: bool = False, stop
                   file=sys.stderr)
             states[i] = SearchState(s.search_id, s.method, s.seed, s.cells)
     by_id = {p.search_id: p for p in plans}
+    # growth: searches found done are not rewritten (`_finish`); a fresh start rewrites all
+    done_before = {s.search_id for s in states if s.stage == "done"}
     specs: dict[int, ScoreSpec] = {c: spec_from_config(cfg, c) for c in cfg.search.cells}
     mode = ranking_mode(cfg.search.ranking)
     for s in states:
@@ -473,12 +483,13 @@ def run_searches(cfg: ExperimentConfig, pool: Any, *, resume: bool = False, stop
             raise SearchInterrupted(f"stopped after round {stop_after_round}")
     for bar in bars.values():
         bar.close()
-    return _finish(cfg, states, by_id, getattr(pool, "device_kind", "cpu"), getattr(pool, "size", 1))
+    return _finish(cfg, states, by_id, getattr(pool, "device_kind", "cpu"), getattr(pool, "size", 1), done_before)
 
 
 def _finish(cfg: ExperimentConfig, states: list[SearchState], by_id: dict[str, SearchPlan], device_kind: str,
-            pool_size: int) -> list[dict[str, Any]]:
-    """Write the `searches` rows and render the cells of every finished search."""
+            pool_size: int, done_before: set[str] = frozenset()) -> list[dict[str, Any]]:
+    """Write the `searches` rows and render the cells of every finished search; a search of
+    `done_before` (found done when the run started) keeps its readable row and cells."""
     from harness.provenance import code_version
     from search_spaces.genotypes import Genotype
     from search_spaces.render import DotNotFoundError, render_genotype
@@ -486,7 +497,7 @@ def _finish(cfg: ExperimentConfig, states: list[SearchState], by_id: dict[str, S
     results_dir = cfg.results_dir
     rows = []
     warned = False
-    finished = _finished_search_rows(results_dir, [s.search_id for s in states])
+    finished = _finished_search_rows(results_dir, [s.search_id for s in states if s.search_id in done_before])
     for s in states:
         if s.search_id in finished:  # growth: a finished search's row and cells are not rewritten
             rows.append(finished[s.search_id])

@@ -276,3 +276,16 @@ def test_a_config_from_before_the_history_is_kept_first(tmp_path):
     copies = sorted((tmp_path / HISTORY_DIR).glob("*.toml"))
     assert len(copies) == 2 and copies[0].read_text() == old
     assert "evaluate.shots: [1] -> [1, 5]" in (tmp_path / HISTORY_DIR / CHANGES_FILE).read_text()
+
+
+def test_a_fresh_search_start_rewrites_its_rows_a_resumed_one_does_not(tmp_path):
+    from harness.search import run_searches
+
+    cfg = config(tmp_path, search={"methods": ["random"]})
+    run_searches(cfg, None, progress=False)
+    row = cfg.results_dir / "searches" / "synthetic-random-s0-c3.parquet"
+    stamp = row.stat().st_mtime_ns
+    run_searches(cfg, None, resume=True, progress=False)
+    assert row.stat().st_mtime_ns == stamp
+    run_searches(cfg, None, resume=False, progress=False)  # `search` without --resume starts over
+    assert row.stat().st_mtime_ns != stamp

@@ -125,3 +125,17 @@ def test_changed_epochs_are_refused_naming_the_trials_and_nothing_is_written(gro
     assert "trial synthetic-random-s1-c3 (train.epochs 1 -> 2)" in err
     assert "--fresh" in err and "experiment.name" in err
     assert files(folder) == before
+
+
+def test_the_added_shot_count_is_the_saved_models_own_evaluation(grown):
+    import torch
+
+    from harness.trials import EvalOverrides, evaluate_model_file
+
+    folder, _, _ = grown
+    episodes = store.read_table(folder, "episodes")
+    added = episodes[(episodes["trial_id"] == "synthetic-random-s0-c3") & (episodes["shots"] == 5)]
+    # `evaluate --shots 5` samples the experiment's 5-shot episodes afresh from the same seed
+    _, summary = evaluate_model_file(folder / "models" / "synthetic-random-s0-c3.pt", EvalOverrides(shots=5),
+                                     torch.device("cpu"))
+    assert summary[5][0] == pytest.approx(added["accuracy"].mean(), abs=1e-12)
