@@ -139,3 +139,19 @@ def test_the_added_shot_count_is_the_saved_models_own_evaluation(grown):
     _, summary = evaluate_model_file(folder / "models" / "synthetic-random-s0-c3.pt", EvalOverrides(shots=5),
                                      torch.device("cpu"))
     assert summary[5][0] == pytest.approx(added["accuracy"].mean(), abs=1e-12)
+
+
+def test_a_trial_whose_rows_were_deleted_runs_again_alone(grown):
+    """Tune's record calls it finished: that experiment is moved aside and only the trial
+    without rows trains again, in a new experiment; every other file is untouched."""
+    folder, _, run = grown
+    gone = "synthetic-random-s1-c3"
+    (folder / "trials" / f"{gone}.parquet").unlink()
+    keep = {k: v for k, v in files(folder, *RESULTS).items() if gone not in k}
+    assert main(run) == 0
+    after = files(folder, *RESULTS)
+    assert {k: after[k] for k in keep} == keep
+    assert f"trials/{gone}.parquet" in after
+    assert len(list((folder / "tune").glob("trials-*.stale-*"))) == 1
+    records = json.loads((folder / "state" / "tune_experiments.json").read_text())["experiments"]
+    assert sorted(sorted(r["trials"]) for r in records) == [["synthetic-random-s0-c3"], [gone]]
