@@ -198,9 +198,16 @@ def test_a_folder_without_a_ledger_takes_its_settings_from_config_toml(tmp_path)
     _search_stage(cfg)
     (cfg.results_dir / LEDGER_FILE).unlink()  # as written before the ledger existed
     (cfg.results_dir / "config.toml").write_text(to_toml(cfg))
+    from harness.search import check_resumable
+
+    wider = config(tmp_path, search={"methods": ["random"], "init_channels": 8})
     with pytest.raises(UserError, match=r"search.init_channels 4 -> 8"):
-        check_growth(config(tmp_path, search={"methods": ["random"], "init_channels": 8}), search=True, train=True)
-    check_growth(config(tmp_path, search={"methods": ["random"], "seeds": [0, 3]}), search=True, train=True)
+        check_growth(wider, search=True, train=True)
+    with pytest.raises(UserError, match=r"different experiment config for search synthetic-random-s0-c3"):
+        check_resumable(wider)
+    grown = config(tmp_path, search={"methods": ["random"], "seeds": [0, 3]})
+    check_growth(grown, search=True, train=True)
+    check_resumable(grown)
 
 
 def test_record_units_merges_into_the_ledger(tmp_path):
