@@ -23,7 +23,7 @@ from typing import Any, Iterable, Mapping
 
 from harness import store
 from harness.errors import UserError
-from harness.identity import (EVALUATION, SEARCH, TRIAL, Unit, changed_settings, evaluation_key, plain,
+from harness.identity import (SEARCH, TRIAL, Unit, changed_settings, evaluation_key, plain,
                               planned_units)
 
 LEDGER_FILE = "identities.json"
