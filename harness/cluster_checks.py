@@ -1,10 +1,11 @@
 """Checks that a multi-node Ray cluster can run the experiment, before any work starts.
 
-On one machine the preflight (`harness.preflight`) has already loaded the dataset. On a
-cluster every node reads it again, at the same path: a probe task pinned to each alive node
-(`NodeAffinitySchedulingStrategy`, no CPU taken) checks that the dataset root and its split
-files, and a storage folder given as a path, are there. A node that lacks one is named in one
-line, instead of trials failing on that node an hour later.
+The dataset is read only by the driver (the preflight, `harness.preflight`, has already loaded
+it) and reaches scorers and trials through the object store (`harness.shared_data`). Tune's
+storage, given as a path, must be the same folder on every node: a probe task pinned to each
+alive node (`NodeAffinitySchedulingStrategy`, no CPU taken) checks that a marker file the
+driver wrote there is visible. A node that lacks it is named in one line, instead of trials
+failing on that node an hour later.
 """
 from __future__ import annotations
 
@@ -13,25 +14,12 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from harness.config import ExperimentConfig, absolute_root
+from harness.config import ExperimentConfig
 from harness.errors import UserError
 
 # Seconds the probes of all nodes may take (a node's first worker process starts in ~1-3 s).
 PROBE_TIMEOUT_S = 120.0
 _PROBE_PREFIX = ".metantk-probe-"
-
-
-def dataset_paths(cfg: ExperimentConfig) -> tuple[str, ...]:
-    """The dataset root and the files of its standard splits, absolute ("" root: none, e.g.
-    the generated `synthetic` data)."""
-    from trainers.data import DATASETS
-
-    spec = DATASETS[cfg.dataset.name]
-    root = absolute_root(cfg.dataset.root)
-    if not spec.needs_root or not root:
-        return ()
-    files = [str(f) for split in spec.splits for f in spec.files(Path(root), split, **cfg.dataset.options)]
-    return (root, *dict.fromkeys(files))
 
 
 def missing_paths(paths: Sequence[str]) -> list[str]:
@@ -52,9 +40,8 @@ def node_problems(nodes: Sequence[dict[str, Any]], missing: Sequence[list[str]])
     node, miss = bad[0]
     more = f" ({len(miss) - 1} more path(s))" if len(miss) > 1 else ""
     others = f"; {len(bad) - 1} other node(s) too" if len(bad) > 1 else ""
-    return (f"Ray node {describe_node(node)} cannot see {miss[0]}{more}{others}: every node needs the dataset "
-            "(and a storage folder given as a path) at the same path; mount or copy it there, or use a URI "
-            "for [resources] storage")
+    return (f"Ray node {describe_node(node)} cannot see {miss[0]}{more}{others}: every node needs Tune's storage "
+            "folder at the same path; mount it there, or use a URI for [resources] storage")
 
 
 def probe_nodes(paths: Sequence[str], nodes: Sequence[dict[str, Any]] | None = None,
@@ -80,23 +67,24 @@ def probe_nodes(paths: Sequence[str], nodes: Sequence[dict[str, Any]] | None = N
         raise UserError(problem)
 
 
-# (dataset paths + storage, node ids) already probed by this process: `run` checks before its searches and
+# (storage, node ids) already probed by this process: `run` checks before its searches and
 # before its trials; a node that joined since is probed again.
-_PROBED: set[tuple[tuple[str, ...], frozenset[str]]] = set()
+_PROBED: set[tuple[str, frozenset[str]]] = set()
 
 
 def check_cluster(cfg: ExperimentConfig, storage: str | None = None, explicit_storage: bool = False) -> None:
-    """On an attached cluster: every node sees the dataset (`probe_nodes`); with `storage`
-    (Tune's storage_path, `harness.trials.tune_storage`) also that it suits the number of
-    nodes (`check_storage_for_cluster`) and, given as a path, that every node sees it (a
-    marker file the driver writes there and removes)."""
+    """On an attached cluster, with `storage` (Tune's storage_path,
+    `harness.trials.tune_storage`): it suits the number of nodes (`check_storage_for_cluster`)
+    and, given as a path, every node sees it (a marker file the driver writes there, found by
+    `probe_nodes`, then removed). The dataset needs no probe: the driver loads each split and
+    shares it through the object store (`harness.shared_data`), so only the driver reads the root."""
     from harness.ray_session import alive_nodes, check_storage_for_cluster, is_uri
 
     nodes = alive_nodes()
-    key = (dataset_paths(cfg) + (storage or "",), frozenset(n["NodeID"] for n in nodes))
+    key = (storage or "", frozenset(n["NodeID"] for n in nodes))
     if key in _PROBED:
         return
-    paths = list(dataset_paths(cfg))
+    paths: list[str] = []
     marker = None
     if storage is not None:
         check_storage_for_cluster(storage, explicit_storage, len(nodes))

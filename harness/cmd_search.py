@@ -42,12 +42,14 @@ def load_experiment(args: argparse.Namespace) -> Any:
 
 
 def write_run_metadata(cfg: Any) -> None:
-    """The resolved config and the git SHA of the code, next to the results."""
+    """The resolved config (with its history) and the git SHA of the code, next to the results."""
     from harness import store
     from harness.config import to_toml
     from harness.provenance import code_version
 
-    store.write_text_atomic(cfg.results_dir / "config.toml", to_toml(cfg))
+    from harness.config_history import record_config
+
+    record_config(cfg.results_dir, to_toml(cfg))  # growth: a changed config is appended, not overwritten
     sha = code_version() or "unknown (not a git checkout)"
     store.write_text_atomic(cfg.results_dir / "git_sha.txt", sha + "\n")
 
@@ -60,10 +62,13 @@ def results_folder(cfg: Any, args: argparse.Namespace, *, search: bool, train: b
     In order, before anything is written: the up-front checks (`harness.preflight`:
     writable folder, methods, recipe, dataset contents, memory estimates); the folder's lock
     (a second command on it exits 2); `--fresh` moves old results aside; a saved search
-    state of another config is refused (when resuming); unreadable Parquet files are set
-    aside so their rows are recomputed; only then the resolved config is written.
+    state of another config is refused (when resuming), and so is any finished search,
+    trial or evaluation whose settings changed (`harness.growth`); unreadable Parquet files
+    are set aside so their rows are recomputed; only then the units' settings and the
+    resolved config are recorded.
     """
     from harness import store
+    from harness.growth import check_growth, record_units
     from harness.preflight import preflight
     from harness.results_guard import folder_lock, move_aside, report_set_aside
     from harness.search import check_resumable
@@ -76,7 +81,11 @@ def results_folder(cfg: Any, args: argparse.Namespace, *, search: bool, train: b
                 print(f"--fresh: previous results moved to {moved}", file=sys.stderr)
         if search and resume:
             check_resumable(cfg)
+        # Growth: finished work whose settings changed is refused here, before any write.
+        # (`train` trains given genotypes, not the config's searches: its units are not planned.)
+        units = check_growth(cfg, search=search, train=train and search)
         report_set_aside(store.set_aside_unreadable(cfg.results_dir))
+        record_units(cfg.results_dir, units.values())
         write_run_metadata(cfg)
         yield
 
@@ -90,7 +99,19 @@ def start_pool(cfg: Any) -> Any:
         from harness.cluster_checks import check_cluster
 
         check_cluster(cfg)
-    return ScorerPool(cfg.resources.workers, cfg.resources.gpus_per_worker, cfg.resources.candidate_batch)
+    return ScorerPool(cfg.resources.workers, cfg.resources.gpus_per_worker, cfg.resources.candidate_batch,
+                      shared=share_search_data(cfg))
+
+
+def share_search_data(cfg: Any) -> Any:
+    """The training split, loaded once here and put in the object store for every scorer
+    actor (`harness.shared_data`)."""
+    import ray
+
+    from harness.scoring import spec_from_config
+    from harness.shared_data import load_shared, score_data_key
+
+    return ray.put(load_shared(score_data_key(spec_from_config(cfg, c)) for c in cfg.search.cells))
 
 
 def run_search_stage(cfg: Any, *, resume: bool, progress: bool) -> list[dict]:

@@ -483,7 +483,12 @@ def read_results(results_dir: str | os.PathLike[str]) -> dict[str, pd.DataFrame]
     if not store.has_parquet(root):
         raise ValueError(f"no Parquet results under {root} (expected {', '.join(store.TABLES)} "
                          "folders); run `metantk-nas run EXPERIMENT.toml` first")
-    return {name: store.read_table(root, name) for name in store.TABLES}
+    from harness.growth import accuracies_with_added_evaluations
+
+    data = {name: store.read_table(root, name) for name in store.TABLES}
+    # growth: shot counts evaluated after a trial's row was written live in `episodes`
+    data["trials"] = accuracies_with_added_evaluations(data["trials"], data["episodes"])
+    return data
 
 
 def build_report(results_dir: str | os.PathLike[str], *, n_boot: int = 1000,

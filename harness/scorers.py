@@ -26,10 +26,13 @@ START_TIMEOUT_S = 300  # one running, one queued: hides the round trip
 
 @ray.remote
 class ScorerActor:
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, shared: dict[Any, Any] | None = None) -> None:
         import torch
 
         self.index = index
+        # The splits the driver put in the object store (`harness.shared_data`): passed as a
+        # top-level ObjectRef, so Ray hands over the NumPy arrays zero-copy (shared memory).
+        self._shared = shared or {}
         gpu_ids = ray.get_gpu_ids()
         # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU: it is device 0 here.
         self.device = torch.device("cuda", 0) if gpu_ids and torch.cuda.is_available() else torch.device("cpu")
@@ -49,7 +52,8 @@ class ScorerActor:
     def score(self, job: Job, batch: int = 0) -> tuple[str, list[tuple[Hashable, Score]]]:
         from harness.scoring import default_batch, score_job
 
-        return self.label, score_job(self._scorers, job, self.device, batch or default_batch(self.device))
+        return self.label, score_job(self._scorers, job, self.device, batch or default_batch(self.device),
+                                     self._shared)
 
 
 def scorer_plan(cluster: dict[str, float], requested: int, gpus_per_worker: float) -> tuple[int, dict[str, float]]:
@@ -73,10 +77,13 @@ def plan_workers(requested: int, gpus_per_worker: float) -> tuple[int, dict[str,
 class ScorerPool:
     """A fixed set of `ScorerActor`s with bounded in-flight work per actor."""
 
-    def __init__(self, workers: int = 0, gpus_per_worker: float = 1.0, batch: int = 0) -> None:
+    def __init__(self, workers: int = 0, gpus_per_worker: float = 1.0, batch: int = 0, shared: Any = None) -> None:
         # `batch`: candidates per kernel pass on each actor (0 = its device's default).
+        # `shared`: ObjectRef of the splits loaded once by the driver (`harness.shared_data`),
+        # or None (each actor reads the dataset root).
         self.size, self._options = plan_workers(workers, gpus_per_worker)
         self.batch = batch
+        self._shared = shared
         self._actors = [self._new_actor(i) for i in range(self.size)]
         try:
             infos = ray.get([a.info.remote() for a in self._actors], timeout=START_TIMEOUT_S)
@@ -91,7 +98,7 @@ class ScorerPool:
     def _new_actor(self, index: int) -> Any:
         return ScorerActor.options(
             **self._options, max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES
-        ).remote(index)
+        ).remote(index, self._shared)
 
     @property
     def actors(self) -> list[Any]:

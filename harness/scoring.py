@@ -182,6 +182,9 @@ class Scorer:
 
     spec: ScoreSpec
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # The spec's split when the caller has it already (shared through Ray's object store:
+    # `harness.shared_data`); None = read it from the dataset root.
+    preloaded: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         from search_spaces.supernet import HeadedSupernet, Supernet, thin_supernet
@@ -189,8 +192,9 @@ class Scorer:
         from trainers.episodes import kernel_normalization
 
         s = self.spec
-        self.split = load_split(s.dataset, s.root or None, s.split, image_size=s.image_size or None,
-                                seed=s.data_seed, **dict(s.dataset_options))
+        self.split = self.preloaded if self.preloaded is not None else load_split(
+            s.dataset, s.root or None, s.split, image_size=s.image_size or None, seed=s.data_seed,
+            **dict(s.dataset_options))
         self.normalization = NORMALIZATION[s.dataset]  # region inputs: the dataset's statistics
         self.kernel_normalization = kernel_normalization(s.kernel_normalization, self.split)
         in_channels = int(self.split.images.shape[1])
@@ -403,13 +407,19 @@ def default_batch(device: torch.device) -> int:
     return GPU_CANDIDATE_BATCH if device.type == "cuda" else 1
 
 
-def score_job(scorers: dict[ScoreSpec, Scorer], job: Job, device: torch.device, batch: int
-              ) -> list[tuple[Hashable, Score]]:
+def score_job(scorers: dict[ScoreSpec, Scorer], job: Job, device: torch.device, batch: int,
+              shared: Mapping[Any, Any] | None = None) -> list[tuple[Hashable, Score]]:
     """Score one job with the cached `Scorer` of its spec (built on first use, kept in
-    `scorers`); `batch` candidates per kernel pass. Shared by `InlinePool` and the Ray actors."""
+    `scorers`); `batch` candidates per kernel pass. Shared by `InlinePool` and the Ray actors.
+    `shared`: splits loaded once by the driver (`harness.shared_data.load_shared`), used
+    instead of reading the dataset root when the spec's split is among them."""
     scorer = scorers.get(job.spec)
     if scorer is None:
-        scorer = scorers[job.spec] = Scorer(job.spec, device)
+        from harness.shared_data import score_data_key, shared_split
+
+        arrays = (shared or {}).get(score_data_key(job.spec))
+        scorer = scorers[job.spec] = Scorer(job.spec, device,
+                                            preloaded=None if arrays is None else shared_split(arrays))
     scores = scorer.score_many([m for _, m in job.items], job.key, job.measures, batch=batch)
     return [(ident, sc) for (ident, _), sc in zip(job.items, scores)]
 

@@ -221,8 +221,15 @@ def config_digest(cfg: ExperimentConfig) -> str:
 
 
 def _save_state(results_dir: Path, digest: str, states: list[SearchState]) -> None:
-    store.write_json_atomic(results_dir / STATE_FILE,
-                            {"config_digest": digest, "searches": [s.to_json() for s in states]})
+    # Growth: the states of searches this config no longer lists are kept, so adding them
+    # back resumes them instead of redoing them.
+    path = results_dir / STATE_FILE
+    old = _read_state_file(path, warn=False) if path.is_file() else None
+    ids = {s.search_id for s in states}
+    others = [d for d in (old or {}).get("searches", []) if isinstance(d, dict) and d.get("search_id") not in ids]
+    data = {"config_digest": digest, "searches": [s.to_json() for s in states] + others}
+    if data != old:  # a rerun with nothing to do rewrites nothing
+        store.write_json_atomic(path, data)
 
 
 # The way out of a state written by another config (`run` has no --resume: it always resumes).
@@ -248,30 +255,58 @@ def _read_state_file(path: Path, *, warn: bool = True) -> dict[str, Any] | None:
         return None
 
 
-def _load_state(results_dir: Path, digest: str, plans: list[SearchPlan], *, warn: bool = True
-                ) -> list[SearchState] | None:
+def searches_with_progress(results_dir: Path) -> set[str]:
+    """Ids of the searches whose saved state has progress (a finished round, or done)."""
+    path = Path(results_dir) / STATE_FILE
+    data = _read_state_file(path, warn=False) if path.is_file() else None
+    return {d.get("search_id") for d in (data or {}).get("searches", [])
+            if isinstance(d, dict) and (d.get("round", 0) or d.get("stage") == "done")}
+
+
+def _load_state(cfg: ExperimentConfig, plans: list[SearchPlan], *, warn: bool = True) -> list[SearchState] | None:
+    """The saved state of each search of `plans` (a fresh one for a search without any).
+
+    Growth: each search is checked on its own against the settings it was recorded with
+    (`harness.identity`); other seeds, methods or cell counts in the file or the config do
+    not matter. A search with progress made under other settings is refused (UserError
+    naming the changed settings); one without progress starts over.
+    """
+    from harness.growth import recorded_identities
+    from harness.identity import changed_settings, search_identity, search_key
+
+    results_dir = cfg.results_dir
     path = results_dir / STATE_FILE
     if not path.is_file():
         return None
     data = _read_state_file(path, warn=warn)
     if data is None:
         return None
-    if data.get("config_digest") != digest:
-        raise UserError(f"{path} was written by a different experiment config; {FRESH_HINT}")
     try:
-        states = [SearchState.from_json(d) for d in data["searches"]]
+        saved = {d["search_id"]: SearchState.from_json(d) for d in data["searches"]}
     except (TypeError, KeyError, ValueError) as exc:
         if warn:
             print(f"warning: {path} is unreadable ({exc}); the searches start over", file=sys.stderr)
         return None
-    if [s.search_id for s in states] != [p.search_id for p in plans]:
-        raise UserError(f"{path} lists other searches than the config; {FRESH_HINT}")
+    recorded = recorded_identities(results_dir)
+    # A state file of older code has no identities: then its config must be this one.
+    same_config = data.get("config_digest") == config_digest(cfg)
+    states = []
+    for p in plans:
+        state = saved.get(p.search_id)
+        old, new = recorded.get(search_key(p.search_id)), search_identity(cfg, p.method, p.seed, p.cells)
+        if state is not None and ((old is None and not same_config) or (old is not None and old != new)):
+            if state.round or state.stage == "done":
+                changes = ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changed_settings(old or {}, new)[:3])
+                raise UserError(f"{path} was written by a different experiment config for search {p.search_id}"
+                                f"{f' ({changes})' if old is not None else ''}; {FRESH_HINT}")
+            state = None
+        states.append(state or SearchState(p.search_id, p.method, p.seed, p.cells))
     return states
 
 
 def check_resumable(cfg: ExperimentConfig) -> None:
     """Refuse (UserError) before anything is written if the saved state belongs to another config."""
-    _load_state(cfg.results_dir, config_digest(cfg), plan_searches(cfg), warn=False)  # run_searches warns
+    _load_state(cfg, plan_searches(cfg), warn=False)  # run_searches warns
 
 
 def _rounds_on_disk(results_dir: Path, state: SearchState) -> bool:
@@ -340,7 +375,7 @@ def run_searches(cfg: ExperimentConfig, pool: Any, *, resume: bool = False, stop
     results_dir = cfg.results_dir
     plans = plan_searches(cfg)
     digest = config_digest(cfg)
-    states = (_load_state(results_dir, digest, plans) if resume else None) or [
+    states = (_load_state(cfg, plans) if resume else None) or [
         SearchState(p.search_id, p.method, p.seed, p.cells) for p in plans]
     for i, s in enumerate(states):
         if s.method in PRUNING_METHODS and not _rounds_on_disk(results_dir, s):
@@ -348,12 +383,15 @@ def run_searches(cfg: ExperimentConfig, pool: Any, *, resume: bool = False, stop
                   file=sys.stderr)
             states[i] = SearchState(s.search_id, s.method, s.seed, s.cells)
     by_id = {p.search_id: p for p in plans}
+    # growth: searches found done are not rewritten (`_finish`); a fresh start rewrites all
+    done_before = {s.search_id for s in states if s.stage == "done"}
     specs: dict[int, ScoreSpec] = {c: spec_from_config(cfg, c) for c in cfg.search.cells}
     mode = ranking_mode(cfg.search.ranking)
     for s in states:
         if s.stage != "done" and s.method not in PRUNING_METHODS:
             s.genotype = fixed_genotype(by_id[s.search_id], cfg.experiment.seed).to_str()
             s.stage = "done"
+    _record_search_identities(cfg)  # growth: what each search is made with (harness.growth)
     _save_state(results_dir, digest, states)
     repeats = cfg.search.repeats
     # One bar per pruning search, counting scored networks (candidates + origins, x repeats);
@@ -413,7 +451,7 @@ def run_searches(cfg: ExperimentConfig, pool: Any, *, resume: bool = False, stop
         raise SearchInterrupted(f"stopped after round {stop_after_round}")
     for bar in bars.values():
         bar.close()
-    return _finish(cfg, states, by_id, getattr(pool, "device_kind", "cpu"), getattr(pool, "size", 1))
+    return _finish(cfg, states, by_id, getattr(pool, "device_kind", "cpu"), getattr(pool, "size", 1), done_before)
 
 
 @dataclass
@@ -473,8 +511,9 @@ def _close_round(cfg: ExperimentConfig, s: SearchState, rnd: _Round, repeats: in
 
 
 def _finish(cfg: ExperimentConfig, states: list[SearchState], by_id: dict[str, SearchPlan], device_kind: str,
-            pool_size: int) -> list[dict[str, Any]]:
-    """Write the `searches` rows and render the cells of every finished search."""
+            pool_size: int, done_before: set[str] = frozenset()) -> list[dict[str, Any]]:
+    """Write the `searches` rows and render the cells of every finished search; a search of
+    `done_before` (found done when the run started) keeps its readable row and cells."""
     from harness.provenance import code_version
     from search_spaces.genotypes import Genotype
     from search_spaces.render import DotNotFoundError, render_genotype
@@ -482,7 +521,11 @@ def _finish(cfg: ExperimentConfig, states: list[SearchState], by_id: dict[str, S
     results_dir = cfg.results_dir
     rows = []
     warned = False
+    finished = _finished_search_rows(results_dir, [s.search_id for s in states if s.search_id in done_before])
     for s in states:
+        if s.search_id in finished:  # growth: a finished search's row and cells are not rewritten
+            rows.append(finished[s.search_id])
+            continue
         genotype = Genotype.from_str(s.genotype)
         row = {
             "experiment": cfg.experiment.name, "dataset": cfg.dataset.name, "method": s.method, "seed": s.seed,
@@ -501,6 +544,30 @@ def _finish(cfg: ExperimentConfig, states: list[SearchState], by_id: dict[str, S
                 print(f"warning: {exc}", file=sys.stderr)
                 warned = True
         rows.append(row)
+    return rows
+
+
+def _record_search_identities(cfg: ExperimentConfig) -> None:
+    from harness.growth import record_units
+    from harness.identity import planned_units
+
+    record_units(cfg.results_dir, planned_units(cfg, search=True, train=False).values())
+
+
+def _finished_search_rows(results_dir: Path, search_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """search id -> its `searches` row, for the searches of `search_ids` with a readable row
+    on disk (an unreadable one is rewritten)."""
+    rows = {}
+    for sid in search_ids:
+        path = store.table_path(results_dir, "searches", sid)
+        if not path.is_file():
+            continue
+        try:
+            (row,) = store.read_file(path, "searches").to_pylist()
+        except (store.SchemaError, ValueError):  # unreadable, or not exactly one row
+            continue
+        row.pop("schema_version", None)
+        rows[sid] = row
     return rows
 
 

@@ -419,6 +419,12 @@ def _read_file(path: Path, table: str, schema: pa.Schema) -> pa.Table:
     return data
 
 
+def read_file(path: str | os.PathLike[str], table: str) -> pa.Table:
+    """One Parquet file of `table`, checked against its pinned schema (SchemaError naming the
+    file otherwise): for readers that need one unit's rows, not the whole table."""
+    return _read_file(Path(path), table, SCHEMAS[_check_table(table)])
+
+
 def read_table(results_dir: str | os.PathLike[str], table: str) -> pd.DataFrame:
     """All rows of `table` under `results_dir` as a DataFrame with the pinned dtypes.
 

@@ -397,7 +397,12 @@ def finish_proxy_study(cfg: Any) -> Path:
     if not init:
         raise UserError(f"{results_dir / INIT_FILE} not found: the proxies were not scored; set "
                         f"[study] proxies = true and rerun `metantk-nas run`")
-    rows = proxy_rows(cfg, init, store.read_table(results_dir, "trials"))
+    from harness.growth import accuracies_with_added_evaluations
+
+    # with the accuracies of shot counts evaluated after a trial ran (`harness.growth`)
+    trials = accuracies_with_added_evaluations(store.read_table(results_dir, "trials"),
+                                               store.read_table(results_dir, "episodes"))
+    rows = proxy_rows(cfg, init, trials)
     store.write_rows(results_dir, "proxies", PROXIES_KEY, rows)
     store.write_rows(results_dir, SCORES_TABLE, PROXIES_KEY,
                      proxy_score_rows(cfg, init, [r["genotype_id"] for r in rows]))

@@ -496,12 +496,14 @@ OUTPUTS_NAME = "outputs.json"
 
 
 def run_trial(config: dict[str, Any], specs: dict[str, dict[str, Any]],
-              episode_lists: dict[int, tuple[str, Any]]) -> None:
+              episode_lists: dict[int, tuple[str, Any]], data: dict[Any, Any] | None = None) -> None:
     """The Tune trainable: train (resuming from Tune's checkpoint), evaluate, report.
 
-    `config["trial"]` is the trial's label; `specs` maps labels to `TrialSpec` fields and
-    `episode_lists` is `load_episode_lists` (both bound with `tune.with_parameters`, so they
-    travel through Ray's object store and stay out of Tune's printed configs).
+    `config["trial"]` is the trial's label; `specs` maps labels to `TrialSpec` fields,
+    `episode_lists` is `load_episode_lists` and `data` the training and evaluation splits
+    (`harness.shared_data.load_shared`; None: read from the dataset root), all bound with
+    `tune.with_parameters`, so they travel through Ray's object store and stay out of Tune's
+    printed configs.
 
     The trial writes nothing outside its own temporary folder (on a cluster it may
     run on a node that cannot see the driver's disk). Every epoch is reported with its
@@ -512,7 +514,7 @@ def run_trial(config: dict[str, Any], specs: dict[str, dict[str, Any]],
     import torch
     from ray import tune
 
-    from trainers.data import load_split
+    from harness.shared_data import resolve_split, split_key
     from trainers.rfs import TrainConfig, pretrain
 
     # Ray logs every persisted checkpoint at INFO (one line per epoch and trial, forwarded
@@ -520,8 +522,8 @@ def run_trial(config: dict[str, Any], specs: dict[str, dict[str, Any]],
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     spec = TrialSpec(**specs[config["trial"]])
     device = _device()
-    split = load_split(spec.dataset, spec.root or None, spec.train_split, image_size=spec.image_size or None,
-                       seed=spec.data_seed, **spec.dataset_options)
+    split = resolve_split(data, split_key(spec.dataset, spec.root, spec.train_split, spec.image_size, spec.data_seed,
+                                          spec.dataset_options))
     in_channels = int(split.images.shape[1])
     model = seeded_network(spec, len(split.class_names), in_channels)
     train_cfg = TrainConfig(**{**spec.train, "lr_decay_epochs": tuple(spec.train["lr_decay_epochs"])})
@@ -547,9 +549,8 @@ def run_trial(config: dict[str, Any], specs: dict[str, dict[str, Any]],
         settings = eval_settings(spec, episode_lists)
         store.write_atomic(work / MODEL_NAME, lambda handle: _save_model(handle, model, spec, meta, settings))
 
-        test_split = load_split(settings.dataset, settings.root or None, settings.split,
-                                image_size=settings.image_size or None, seed=settings.data_seed,
-                                **settings.dataset_options)
+        test_split = resolve_split(data, split_key(settings.dataset, settings.root, settings.split,
+                                                   settings.image_size, settings.data_seed, settings.dataset_options))
         summary, episode_rows = evaluate_trained(model, settings, test_split, device, episode_lists=episode_lists)
         outputs = trial_outputs(spec, result, summary, episode_rows, params=sum(p.numel() for p in model.parameters()),
                                 device_kind=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
@@ -637,7 +638,15 @@ def trial_outputs(spec: TrialSpec, result: Any, summary: dict[int, tuple[float, 
         "git_sha": "",  # the driver's, stamped when it writes the row (`write_trial_outputs`)
     }
     return {"trial_id": spec.trial_id, "history": history_rows(spec, list(result.history)), "trials": [trial_row],
-            "episodes": [{**base, "trial_id": spec.trial_id, **r} for r in episode_rows]}
+            "episodes": episode_table_rows(spec, episode_rows)}
+
+
+def episode_table_rows(spec: TrialSpec, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of the `episodes` table: each of `rows` (ways, shots, queries, episode, accuracy)
+    with the trial's keys."""
+    base = {"experiment": spec.experiment, "dataset": spec.dataset, "method": spec.method, "seed": spec.seed,
+            "cells": spec.cells, "trial_id": spec.trial_id}
+    return [{**base, **r} for r in rows]
 
 
 def write_trial_outputs(results_dir: str | Path, outputs: dict[str, Any], git_sha: str = "") -> None:
@@ -700,17 +709,30 @@ def run_trials(cfg: ExperimentConfig, specs: list[TrialSpec], *, verbose: int = 
     """Run the missing trials under Tune; returns the trial ids that have rows afterwards.
 
     The Parquet tables decide what is done: unreadable `trials`/`episodes` files are set
-    aside first, and a trial counts as done only with both its rows. A rerun with the same
-    specs restores the Tune experiment (finished trials do no work); if every trial already
-    has its rows, Tune is not started at all.
+    aside first, and a trial counts as done only with both its rows. Only the missing trials
+    run (`harness.growth.tune_runs`): an interrupted Tune experiment is restored (its trials
+    resume from their last epoch), the others run in a new experiment over them alone, so
+    adding a seed never retrains a finished trial; if every trial already has its rows, Tune
+    is not started at all. Then finished trials get the evaluations of shot counts added
+    since they ran, from their model files (`harness.growth.evaluate_added_shots`).
     """
-    from ray import tune
-
-    from harness.ray_session import attached, ensure_ray, trial_resources
+    from harness.growth import evaluate_added_shots
 
     report_set_aside(store.set_aside_unreadable(cfg.results_dir, ("trials", "episodes")))
-    if not missing_trials(cfg.results_dir, specs):
-        return sorted(finished_trials(cfg.results_dir))
+    missing = missing_trials(cfg.results_dir, specs)
+    if missing:
+        _train_missing(cfg, specs, missing, verbose)
+    evaluate_added_shots(cfg, specs)
+    return sorted(finished_trials(cfg.results_dir))
+
+
+def _train_missing(cfg: ExperimentConfig, specs: list[TrialSpec], missing: set[str], verbose: int) -> None:
+    from ray import tune
+
+    from harness.growth import forget_tune_experiments, tune_runs
+    from harness.ray_session import attached, ensure_ray, trial_resources
+    from harness.shared_data import load_shared, trial_data_keys
+
     ensure_episode_lists(cfg)
     storage, explicit = tune_storage(cfg)
     cluster = ensure_ray(cfg.resources.address, cfg.resources.num_cpus)
@@ -723,28 +745,42 @@ def run_trials(cfg: ExperimentConfig, specs: list[TrialSpec], *, verbose: int = 
         raise ValueError(f"trial labels are not unique: {sorted(trial_label(s) for s in specs)}")
     # The episode lists travel as data (object store), like the specs: trials read nothing
     # from the results folder.
+    # So do the dataset splits (`harness.shared_data`): loaded once here, read zero-copy by
+    # every trial on a node, and no node needs the dataset root.
+    data = load_shared(trial_data_keys(cfg).values())
     trainable = tune.with_resources(tune.with_parameters(run_trial, specs=labels,
-                                                         episode_lists=load_episode_lists(cfg.results_dir, specs[0])),
+                                                         episode_lists=load_episode_lists(cfg.results_dir, specs[0]),
+                                                         data=data),
                                     trial_resources(cluster, cfg.resources.trial_cpus, cfg.resources.trial_gpus))
-    name = f"trials-{_specs_digest(specs)}"
-    path = f"{storage.rstrip('/')}/{name}"
     started = time.perf_counter()
-    # Tune restores its experiment (interrupted trials resume from their last epoch). Its
+
+    def fit(name: str, ids: set[str]) -> None:
+        grid = [label for label, d in labels.items() if d["trial_id"] in ids]
+        _fit(_tuner(cfg, trainable, labels, storage, name, verbose, grid=grid), cfg, _join(storage, name), started)
+
+    runs = tune_runs(cfg.results_dir, storage, specs, missing, _specs_digest)
+    for name, ids, _ in runs:
+        fit(name, set(ids) & missing)
+    # Tune restores its experiments (interrupted trials resume from their last epoch). Its
     # bookkeeping may call a trial finished whose rows were deleted or set aside since: then
-    # that experiment folder is moved aside and only the trials without rows run again.
-    _fit(_tuner(cfg, trainable, labels, storage, name, verbose), cfg, path, started)
-    missing = missing_trials(cfg.results_dir, specs)
-    if missing:
-        stale = f"{name}.stale-{time.time_ns()}"
-        _move_experiment(path, f"{storage.rstrip('/')}/{stale}")
-        print(f"warning: Tune's record {stale} called {len(missing)} trial(s) finished that have no rows "
-              f"({', '.join(sorted(missing)[:3])}); moved it aside and running them again", file=sys.stderr)
-        again = {label: d for label, d in labels.items() if d["trial_id"] in missing}
-        _fit(_tuner(cfg, trainable, again, storage, name, verbose), cfg, path, started)
-        missing = missing_trials(cfg.results_dir, specs)
-        if missing:  # a finished trainable always writes its rows: a programming error
-            raise RuntimeError(f"trials {sorted(missing)} finished without writing rows under {cfg.results_dir}")
-    return sorted(finished_trials(cfg.results_dir))
+    # those experiment folders are moved aside and only the trials without rows run again.
+    left = missing_trials(cfg.results_dir, specs)
+    if left:
+        stale = [name for name, ids, _ in runs if set(ids) & left and tune.Tuner.can_restore(_join(storage, name))]
+        for name in stale:
+            _move_experiment(_join(storage, name), _join(storage, f"{name}.stale-{time.time_ns()}"))
+        forget_tune_experiments(cfg.results_dir, stale)
+        print(f"warning: Tune's record(s) {', '.join(stale)} called {len(left)} trial(s) finished that have no "
+              f"rows ({', '.join(sorted(left)[:3])}); moved aside and running them again", file=sys.stderr)
+        for name, ids, _ in tune_runs(cfg.results_dir, storage, specs, left, _specs_digest):
+            fit(name, set(ids) & left)
+        left = missing_trials(cfg.results_dir, specs)
+        if left:  # a finished trainable always writes its rows: a programming error
+            raise RuntimeError(f"trials {sorted(left)} finished without writing rows under {cfg.results_dir}")
+
+
+def _join(storage: str, name: str) -> str:
+    return f"{storage.rstrip('/')}/{name}"
 
 
 def finished_trials(results_dir: Path) -> set[str]:
@@ -786,8 +822,9 @@ def _move_experiment(source: str, target: str) -> None:
 
 
 def _tuner(cfg: ExperimentConfig, trainable: Any, labels: dict[str, dict[str, Any]], storage: str, name: str,
-           verbose: int) -> Any:
-    """Restore Tune's experiment `storage/name`, or start one over the trials `labels`."""
+           verbose: int, grid: list[str] | None = None) -> Any:
+    """Restore Tune's experiment `storage/name`, or start one over the trial labels `grid`
+    (default: all of `labels`, which map every label Tune may report to its spec)."""
     from ray import tune
 
     from harness.provenance import code_version
@@ -806,7 +843,7 @@ def _tuner(cfg: ExperimentConfig, trainable: Any, labels: dict[str, dict[str, An
         trainable,
         # The grid runs over short trial labels, so Tune's status table shows one short
         # `trial` column; the specs travel through `tune.with_parameters`.
-        param_space={"trial": tune.grid_search(list(labels))},
+        param_space={"trial": tune.grid_search(list(labels) if grid is None else list(grid))},
         tune_config=tune.TuneConfig(num_samples=1),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, verbose=verbose,

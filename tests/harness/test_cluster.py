@@ -236,17 +236,6 @@ def test_gpu_shares_above_one_must_be_whole(tmp_path, key):
 # ----------------------------------------------------------------------------- data on every node
 
 
-def test_dataset_paths_name_the_root_and_its_split_files(tmp_path, omniglot_root):
-    from harness.cluster_checks import dataset_paths
-
-    assert dataset_paths(tiny_config(tmp_path)) == ()  # generated data: nothing to find
-    cfg = parse_config({"experiment": {"name": "o", "out": str(tmp_path)},
-                        "dataset": {"name": "omniglot", "root": str(omniglot_root)}}, source="t")
-    paths = dataset_paths(cfg)
-    assert paths[0] == str(omniglot_root.resolve()) and len(paths) > 1
-    assert all(Path(p).exists() for p in paths)
-
-
 def test_a_node_without_the_data_is_named():
     from harness.cluster_checks import node_problems
 

@@ -1,0 +1,104 @@
+"""Dataset splits loaded once on the driver and shared through Ray's object store.
+
+Without this every scorer actor and every trial loads the whole training split itself
+(tieredImageNet is about 9.5 GB in memory: eight trials on a node would need 76 GB). Here the
+driver loads each split once and puts it in the object store as plain NumPy arrays
+(`split_arrays`); every worker on a node then reads the same shared-memory copy without
+copying it (Ray deserialises NumPy arrays zero-copy, read-only), and a node without the
+dataset root needs none. `shared_split` turns the arrays back into an `ImageSplit` whose
+tensors view that memory.
+
+Where nothing is shared (the inline scorer pool, `evaluate`, a test calling a trainable
+directly) the loaders read the dataset root as before.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SplitKey:
+    """Everything that fixes the contents of a loaded split (`trainers.data.load_split`)."""
+
+    dataset: str
+    root: str                      # resolved ("" for datasets without files)
+    split: str
+    image_size: int                # 0 = native size
+    seed: int                      # class split / generation seed
+    options: tuple[tuple[str, Any], ...]
+
+    def load(self) -> Any:
+        """The split, read from the dataset root (`trainers.data.load_split`)."""
+        from trainers.data import load_split
+
+        return load_split(self.dataset, self.root or None, self.split, image_size=self.image_size or None,
+                          seed=self.seed, **dict(self.options))
+
+
+def _frozen(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return tuple(sorted((str(k), _frozen(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+def split_key(dataset: str, root: str, split: str, image_size: int, seed: int, options: Any) -> SplitKey:
+    """A `SplitKey` (options as a sorted tuple: a dict, or already a tuple of pairs)."""
+    from harness.config import absolute_root
+
+    pairs = options if isinstance(options, tuple) else _frozen(dict(options))
+    return SplitKey(dataset, absolute_root(root), split, int(image_size or 0), int(seed), pairs)
+
+
+def split_arrays(split: Any) -> dict[str, Any]:
+    """An `ImageSplit` as plain values for the object store: contiguous NumPy images (N, C, H, W)
+    uint8 and labels (N,) int64 (zero-copy to read), class names, dataset and split names."""
+    return {"images": np.ascontiguousarray(split.images.numpy()), "labels": np.ascontiguousarray(split.labels.numpy()),
+            "class_names": tuple(split.class_names), "dataset": split.dataset, "split": split.split}
+
+
+def shared_split(arrays: Mapping[str, Any]) -> Any:
+    """The `ImageSplit` of `split_arrays` output, its tensors viewing the arrays' memory (no copy).
+
+    Arrays from the object store are read-only: torch warns that writing to such a tensor is
+    undefined. Nothing writes into a split (every consumer indexes, which copies), so that
+    warning is silenced here, for these two arrays only.
+    """
+    import torch
+
+    from trainers.datasets.base import ImageSplit
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+        images, labels = torch.from_numpy(arrays["images"]), torch.from_numpy(arrays["labels"])
+    return ImageSplit(images, labels, tuple(arrays["class_names"]), arrays["dataset"], arrays["split"])
+
+
+def trial_data_keys(cfg: Any) -> dict[str, SplitKey]:
+    """The splits a trial of `cfg` reads: "train" (pre-training) and "eval" (few-shot episodes)."""
+    d = cfg.dataset
+    return {role: split_key(d.name, d.root, name, d.image_size, cfg.experiment.seed, d.options)
+            for role, name in (("train", d.train_split), ("eval", d.eval_split))}
+
+
+def score_data_key(spec: Any) -> SplitKey:
+    """The split a scorer of `harness.scoring.ScoreSpec` `spec` reads."""
+    return split_key(spec.dataset, spec.root, spec.split, spec.image_size, spec.data_seed, spec.dataset_options)
+
+
+def load_shared(keys: Any) -> dict[SplitKey, dict[str, Any]]:
+    """{key: `split_arrays`} of each distinct split of `keys`, loaded once (on the driver), to
+    go into the object store in one piece (`ray.put`, or `tune.with_parameters`)."""
+    return {key: split_arrays(key.load()) for key in dict.fromkeys(keys)}
+
+
+def resolve_split(shared: Mapping[SplitKey, Mapping[str, Any]] | None, key: SplitKey) -> Any:
+    """The split of `key`: from `shared` (`load_shared`, read from the object store) when it
+    is there, else read from the dataset root."""
+    arrays = (shared or {}).get(key)
+    return shared_split(arrays) if arrays is not None else key.load()
