@@ -10,7 +10,6 @@ candidate of one (round, repeat) share weights and data: the deltas compare like
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -21,22 +20,13 @@ import torch
 
 from harness.config import PROXY_MEASURE_PREFIX, absolute_root
 from kernels.proxy_names import PROXY_NAMES
+from trainers.seeds import generator  # noqa: F401  (the key -> generator of every draw)
 
 # What a method may ask for: condition number of the MetaNTK, of the plain NTK, regions,
 # and any proxy of kernels.proxies as "proxy:<name>".
 MEASURE_NAMES: tuple[str, ...] = ("cn_meta", "cn_ntk", "rn")
 PROXY_MEASURES: tuple[str, ...] = tuple(f"{PROXY_MEASURE_PREFIX}{n}" for n in PROXY_NAMES)
 N_CELL_TYPES, N_EDGES, N_OPS = 2, 9, 7
-
-
-def derive_seed(*parts: Any) -> int:
-    """A 63-bit seed from any tuple of ids (stable across processes, unlike `hash`)."""
-    digest = hashlib.sha256(repr(parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def generator(*parts: Any) -> torch.Generator:
-    return torch.Generator().manual_seed(derive_seed(*parts))
 
 
 @dataclass(frozen=True)

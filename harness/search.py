@@ -39,8 +39,9 @@ from harness.config import (FIXED_METHODS, GENOTYPE_METHOD_PREFIX, PROXY_MEASURE
 from harness.errors import UserError
 from harness.ranking import (Candidate, choose_prunes, keep_edges, oriented_delta, rank_candidates, ranking_mode,
                              relative_delta)
-from harness.scoring import N_CELL_TYPES, N_EDGES, N_OPS, Job, Score, ScoreSpec, generator, spec_from_config
+from harness.scoring import N_CELL_TYPES, N_EDGES, N_OPS, Job, Score, ScoreSpec, spec_from_config
 from search_spaces.genotypes import CELL_TYPES, INPUTS_PER_NODE, NODE_EDGES
+from trainers.seeds import generator
 
 STATE_FILE = "state/searches.json"
 

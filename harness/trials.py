@@ -34,6 +34,7 @@ from typing import Any
 from harness import store
 from harness.config import ExperimentConfig, absolute_root
 from harness.results_guard import report_set_aside
+from trainers.seeds import episode_list_seed
 
 MODEL_DIR = "models"
 EPISODE_DIR = "episode_lists"
@@ -100,11 +101,6 @@ def episode_list_path(results_dir: Path, dataset: str, split: str, ways: int, sh
     return Path(results_dir) / EPISODE_DIR / f"{dataset}-{split}-{ways}w{shots}s{queries}q-{count}e-seed{seed}.npz"
 
 
-def episode_sampling_seed(seed: int, shots: int) -> int:
-    """Seed of the episode list of `shots` shots in an experiment with seed `seed`."""
-    return seed * 1000 + shots
-
-
 def ensure_episode_lists(cfg: ExperimentConfig) -> list[Path]:
     """Sample (once) and store the evaluation episodes shared by every trial of the experiment.
 
@@ -136,7 +132,7 @@ def ensure_episode_lists(cfg: ExperimentConfig) -> list[Path]:
                                    image_size=cfg.dataset.image_size or None, seed=cfg.experiment.seed,
                                    **cfg.dataset.options)
             episodes = sample_episodes(split.labels, ways=e.ways, shots=shots, queries=e.queries, count=e.episodes,
-                                       seed=episode_sampling_seed(cfg.experiment.seed, shots))
+                                       seed=episode_list_seed(cfg.experiment.seed, shots))
             store.write_atomic(path, episodes.write)
         paths.append(path)
     return paths
@@ -201,7 +197,7 @@ def seeded_network(spec: TrialSpec, n_classes: int, in_channels: int) -> Any:
     """
     import torch
 
-    from harness.scoring import derive_seed
+    from trainers.seeds import derive_seed
 
     with torch.random.fork_rng(devices=[]):  # the caller's global RNG state is left as it was
         torch.manual_seed(derive_seed(spec.seed, spec.trial_id, "train-init"))
@@ -475,7 +471,7 @@ def evaluate_model_file(path: str | Path, overrides: EvalOverrides, device: Any,
     summary = {}
     for shots in settings.shots:
         episodes = sample_episodes(split.labels, ways=settings.ways, shots=shots, queries=settings.queries,
-                                   count=settings.episodes, seed=episode_sampling_seed(settings.episode_seed, shots))
+                                   count=settings.episodes, seed=episode_list_seed(settings.episode_seed, shots))
         accs = evaluate_with_settings(model, settings, split, episodes, shots, device, progress=progress)
         mean, half = mean_confidence_interval(accs)
         summary[shots] = (float(mean), float(half))
