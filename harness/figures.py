@@ -114,21 +114,24 @@ def seed_strip_figure(trials: pd.DataFrame, title: str = "") -> Any:
     averaged first, as the tables do), spread sideways by seed so equal values stay visible;
     the bar is mean ± 95% t-interval over seeds (one seed: its episode interval, hollow marker).
     """
-    from harness.report import SHOTS, _method_key, _per_seed, summarize_seeds, CI_EPISODES
+    from harness.report import CI_EPISODES, _method_key, _per_seed, shot_label, summarize_seeds
+    from harness.store import shots_in
 
-    _require(trials, ("method", "seed", "acc_1shot", "ci_1shot", "acc_5shot", "ci_5shot"), "trials")
+    evaluated = shots_in(trials)
+    _require(trials, ("method", "seed", *store.accuracy_columns(evaluated)), "trials")
     seeds = _per_seed(trials.assign(_group=0), ["_group", "method"])
     methods = sorted(seeds["method"].unique(), key=_method_key)
-    shots = [s for s in SHOTS if np.isfinite(seeds[f"acc_{s}"]).any()] or list(SHOTS[:1])
+    shots = [k for k in evaluated if np.isfinite(seeds[store.accuracy_column(k)]).any()] or list(evaluated[:1])
     fig = _new_figure(max(3.0, 1.1 * len(methods) + 1.2) * len(shots), 3.2)
     axes = np.atleast_1d(fig.subplots(1, len(shots)))
     for ax, shot in zip(axes, shots):
+        acc, ci = store.accuracy_column(shot), store.interval_column(shot)
         for x, method in enumerate(methods):
             f = seeds[seeds["method"] == method].sort_values("seed")
-            y = 100 * f[f"acc_{shot}"].to_numpy(dtype=np.float64)
+            y = 100 * f[acc].to_numpy(dtype=np.float64)
             offsets = np.linspace(-0.18, 0.18, len(y)) if len(y) > 1 else np.zeros(len(y))
             ax.scatter(x + offsets, y, s=18, color=f"C{x % 10}", alpha=0.7, zorder=2)
-            s = summarize_seeds(f[f"acc_{shot}"].to_numpy(), f[f"ci_{shot}"].to_numpy())
+            s = summarize_seeds(f[acc].to_numpy(), f[ci].to_numpy())
             if math.isfinite(s.mean):
                 err = 100 * s.ci if math.isfinite(s.ci) else 0.0
                 hollow = s.kind == CI_EPISODES
@@ -136,7 +139,7 @@ def seed_strip_figure(trials: pd.DataFrame, title: str = "") -> Any:
                             color="black", mfc="white" if hollow else "black")
         ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
         ax.set_xlim(-0.6, len(methods) - 0.3)
-        ax.set_ylabel(f"{shot.replace('shot', '-shot')} accuracy (%)")
+        ax.set_ylabel(f"{shot_label(shot)} accuracy (%)")
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_title("dots: seeds; diamond: mean ± 95% CI (hollow: one seed, episode CI)", fontsize=7)
     if title:
@@ -253,23 +256,25 @@ def proxy_scatter_figure(frame: pd.DataFrame, *, n_boot: int = 1000, seed: int =
     panel's title gives Kendall tau with its 95% bootstrap interval, computed by
     `harness.report.correlation_table` (proxy oriented so that positive = predictive).
     """
-    from harness.report import TARGETS, correlation_table
-    from harness.study import CN_COLUMNS, PROXY_COLUMNS, PROXY_LABELS, TARGET_LABELS
+    from harness.report import correlation_table
+    from harness.store import accuracy_targets
+    from harness.study import CN_COLUMNS, PROXY_COLUMNS, PROXY_LABELS, target_label
 
     columns = [c for c in PROXY_COLUMNS if c in frame.columns]
     if frame.empty or not columns:
         raise ValueError(f"no proxy rows to plot (columns {list(frame.columns)}); expected {list(PROXY_COLUMNS)}")
     frame = frame.assign(dataset=frame["dataset"] if "dataset" in frame.columns else "data")
-    corr = correlation_table(frame[["dataset", *columns, *TARGETS]], n_boot=n_boot, seed=seed)
-    fig = _new_figure(3.2 * len(columns), 2.9 * len(TARGETS))
-    axes = np.asarray(fig.subplots(len(TARGETS), len(columns), squeeze=False))
+    targets = accuracy_targets(frame)
+    corr = correlation_table(frame[["dataset", *columns, *targets]], n_boot=n_boot, seed=seed)
+    fig = _new_figure(3.2 * len(columns), 2.9 * len(targets))
+    axes = np.asarray(fig.subplots(len(targets), len(columns), squeeze=False))
     for j, column in enumerate(columns):
         x = frame[column].to_numpy(dtype=np.float64)
         if column in CN_COLUMNS:
             with np.errstate(divide="ignore"):
                 x = np.log10(x)
         finite = np.isfinite(x)
-        for i, target in enumerate(TARGETS):
+        for i, target in enumerate(targets):
             ax = axes[i, j]
             y = 100 * frame[target].to_numpy(dtype=np.float64)
             ax.scatter(x[finite], y[finite], s=14, alpha=0.8)
@@ -284,11 +289,11 @@ def proxy_scatter_figure(frame: pd.DataFrame, *, n_boot: int = 1000, seed: int =
             ci = f" [{r.kendall_lo:+.2f}, {r.kendall_hi:+.2f}]" if math.isfinite(r.kendall_lo) else ""
             ax.set_title((PROXY_LABELS[column] + "\n" if i == 0 else "") + f"Kendall τ = {tau}{ci}", fontsize=9)
             ax.tick_params(labelsize=7)
-            if i == len(TARGETS) - 1:
+            if i == len(targets) - 1:
                 ax.set_xlabel("log10 condition number (lower = better)" if column in CN_COLUMNS
                               else "regions (higher = better)", fontsize=8)
             if j == 0:
-                ax.set_ylabel(TARGET_LABELS[target] + " (%)", fontsize=8)
+                ax.set_ylabel(target_label(target) + " (%)", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
     return fig

@@ -39,13 +39,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 from harness.markdown import markdown_table
+from harness.store import accuracy_targets
 from kernels.proxy_names import PROXY_DIRECTIONS, PROXY_NAMES
 from trainers.stats import (icc_oneway, kendall_tau, oriented_ranks, paired_tau_difference, partial_spearman,
                             rank_correlation)
 
 REFERENCE = "cn_metantk_maml"     # the paper's score
 BASELINE = "params"               # column of the `proxies` table (evaluation network)
-TARGETS: tuple[str, ...] = ("acc_1shot", "acc_5shot")
 HEATMAP_FILE = "proxy_heatmap.png"
 SCATTER_FILE = "proxy_scatter_grid.png"
 
@@ -116,7 +116,7 @@ def target_reliability(trials: pd.DataFrame) -> pd.DataFrame:
     k = int(counts.mode().iloc[0]) if len(counts) else 0
     full = trials[trials["search_id"].isin(counts[counts == k].index)].sort_values(["search_id", "trial_id"])
     full = full.assign(training=full.groupby("search_id").cumcount())
-    for target in TARGETS:
+    for target in accuracy_targets(trials):
         wide = full.pivot(index="search_id", columns="training", values=target) if k >= 2 else pd.DataFrame()
         taus = [_tau(wide[a].to_numpy(np.float64), wide[b].to_numpy(np.float64))
                 for a, b in itertools.combinations(wide.columns, 2)]
@@ -129,7 +129,7 @@ def target_reliability(trials: pd.DataFrame) -> pd.DataFrame:
 def joined_frame(proxies: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
     """Per genotype: dataset, params, accuracies and every proxy's aggregated value."""
     matrix = proxy_matrix(scores)
-    base = proxies[["genotype_id", "dataset", BASELINE, *TARGETS]].rename(columns={BASELINE: "params_eval"})
+    base = proxies[["genotype_id", "dataset", BASELINE, *accuracy_targets(proxies)]].rename(columns={BASELINE: "params_eval"})
     return base.merge(matrix.reset_index(), on="genotype_id", how="inner")
 
 
@@ -148,7 +148,7 @@ def leaderboard_table(proxies: pd.DataFrame, scores: pd.DataFrame, *, n_boot: in
             x = part[proxy].to_numpy(np.float64)
             higher = PROXY_DIRECTIONS[proxy]
             oriented = np.where(np.isnan(x), np.nan, x if higher else -x)
-            for target in TARGETS:
+            for target in accuracy_targets(frame):
                 y = part[target].to_numpy(np.float64)
                 row: dict[str, Any] = {"dataset": dataset, "proxy": proxy, "target": target}
                 row |= rank_correlation(x, y, higher, n_boot, rng)
@@ -227,7 +227,7 @@ def leaderboard_section(data: Mapping[str, pd.DataFrame], *, n_boot: int = 1000,
         return [], {}
     table = leaderboard_table(proxies, scores, n_boot=n_boot, seed=seed)
     reliability = target_reliability(data["trials"]) if "trials" in data else target_reliability(pd.DataFrame(
-        columns=["search_id", "trial_id", *TARGETS]))
+        columns=["search_id", "trial_id", *accuracy_targets(proxies)]))
     lines = ["", "## Proxy leaderboard", "",
              "Oriented so that positive = predictive; Δτ: paired bootstrap of the difference in Kendall τ; "
              "redraw τ: agreement of two weight/batch redraws; s / arch: seconds per architecture and redraw.",
@@ -272,14 +272,15 @@ def plot_scatter_grid(frame: pd.DataFrame, path: Path, title: str = "") -> Path:
     from matplotlib.figure import Figure
 
     names = _ordered([c for c in frame.columns if c in PROXY_DIRECTIONS])
-    fig = Figure(figsize=(2.2 * len(names), 2.0 * len(TARGETS)))
-    axes = fig.subplots(len(TARGETS), len(names), squeeze=False)
+    targets = accuracy_targets(frame)
+    fig = Figure(figsize=(2.2 * len(names), 2.0 * len(targets)))
+    axes = fig.subplots(len(targets), len(names), squeeze=False)
     for j, proxy in enumerate(names):
         x = frame[proxy].to_numpy(np.float64)
         if is_condition_number(proxy):
             with np.errstate(divide="ignore", invalid="ignore"):
                 x = np.log10(x)
-        for i, target in enumerate(TARGETS):
+        for i, target in enumerate(targets):
             ax = axes[i, j]
             y = 100 * frame[target].to_numpy(np.float64)
             ok = np.isfinite(x) & np.isfinite(y)

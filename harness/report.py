@@ -26,6 +26,7 @@ import pandas as pd
 from harness import store
 from harness.config import METHOD_ORDER
 from harness.markdown import markdown_table
+from harness.store import accuracy_targets, shots_in
 from trainers.stats import paired_tau_difference, rank_correlation, t_halfwidth
 
 BASELINE_METHOD = "random"
@@ -52,15 +53,15 @@ DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (
     ("cn_metantk_maml", "params"),
     ("cn_ntk", "params"),
 )
-TARGETS: tuple[str, ...] = ("acc_1shot", "acc_5shot")
-SHOTS: tuple[str, ...] = ("1shot", "5shot")
+# Accuracy targets of the default evaluation (shots 1 and 5); a table's own come from its
+# columns (`shots_in`, `accuracy_targets`).
+TARGETS: tuple[str, ...] = tuple(store.accuracy_column(k) for k in store.DEFAULT_SHOTS)
 
 CI_SEEDS = "seeds"        # 95% t-interval across seeds
 CI_EPISODES = "episodes"  # one seed: the trial's own 95% episode interval
 CI_NONE = "none"          # no finite value
 
-_TRIAL_COLUMNS = ("dataset", "method", "cells", "seed", "acc_1shot", "ci_1shot",
-                  "acc_5shot", "ci_5shot")
+_TRIAL_KEYS = ("dataset", "method", "cells", "seed")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -71,6 +72,15 @@ def _require(frame: pd.DataFrame, columns: Iterable[str], what: str) -> None:
     if missing:
         raise ValueError(f"{what} lacks columns {missing}; pass the DataFrame from "
                          f"harness.store.read_table (columns: {list(frame.columns)})")
+
+
+def shot_label(shots: int) -> str:
+    """Display name of a shot count: '1-shot'."""
+    return f"{shots}-shot"
+
+
+def _trial_columns(trials: pd.DataFrame) -> tuple[str, ...]:
+    return _TRIAL_KEYS + tuple(store.accuracy_columns(shots_in(trials)))
 
 
 def _method_key(method: str) -> tuple[int, str]:
@@ -106,7 +116,7 @@ def summarize_seeds(means: np.ndarray, episode_cis: np.ndarray) -> SeedSummary:
 
 def _per_seed(trials: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """One row per (keys..., seed): several trials of one seed are averaged first."""
-    cols = ["acc_1shot", "ci_1shot", "acc_5shot", "ci_5shot"]
+    cols = store.accuracy_columns(shots_in(trials))
     extra = ["params"] if "params" in trials.columns else []
     return (trials.groupby(keys + ["seed"], sort=False)[cols + extra]
             .mean().reset_index())
@@ -132,9 +142,11 @@ def table1(trials: pd.DataFrame, searches: pd.DataFrame) -> pd.DataFrame:
     Columns: dataset, method, cells, seeds, params_m (mean parameters / 1e6),
     search_device_seconds (mean over seeds of the searches' device seconds, joined on
     experiment + search_id; NaN when no search row matches, e.g. fixed genotypes),
-    acc_1shot, ci_1shot, ci_1shot_kind, acc_5shot, ci_5shot, ci_5shot_kind.
+    and per shot count K of the trials' accuracy columns acc_Kshot, ci_Kshot, ci_Kshot_kind
+    (acc_1shot, ci_1shot, ci_1shot_kind, acc_5shot, ... by default).
     """
-    _require(trials, _TRIAL_COLUMNS + ("params", "search_id"), "trials table")
+    _require(trials, _trial_columns(trials) + ("params", "search_id"), "trials table")
+    shots = shots_in(trials)
     trials = trials.copy()
     trials["search_device_seconds"] = _search_seconds(trials, searches)
     keys = ["dataset", "method", "cells"]
@@ -147,13 +159,25 @@ def table1(trials: pd.DataFrame, searches: pd.DataFrame) -> pd.DataFrame:
         row["params_m"] = float(frame["params"].mean()) / 1e6
         row["search_device_seconds"] = (float(search.mean()) if search.notna().any()
                                         else math.nan)
-        for shot in SHOTS:
-            s = summarize_seeds(seeds[f"acc_{shot}"].to_numpy(), seeds[f"ci_{shot}"].to_numpy())
-            row |= {f"acc_{shot}": s.mean, f"ci_{shot}": s.ci, f"ci_{shot}_kind": s.kind}
+        for k in shots:
+            row |= _accuracy_summary(seeds, k)
         rows.append(row)
-    columns = keys + ["seeds", "params_m", "search_device_seconds", "acc_1shot", "ci_1shot",
-                      "ci_1shot_kind", "acc_5shot", "ci_5shot", "ci_5shot_kind"]
+    columns = keys + ["seeds", "params_m", "search_device_seconds"] + [
+        c for k in shots for c in _summary_columns(k)]
     return _sorted(pd.DataFrame(rows, columns=columns), ["dataset", "cells", "method"])
+
+
+def _summary_columns(shots: int) -> tuple[str, str, str]:
+    """(acc_Kshot, ci_Kshot, ci_Kshot_kind) of shot count K."""
+    ci = store.interval_column(shots)
+    return store.accuracy_column(shots), ci, f"{ci}_kind"
+
+
+def _accuracy_summary(seeds: pd.DataFrame, shots: int) -> dict[str, float | str]:
+    """`summarize_seeds` of the per-seed rows' accuracy of `shots` as the table's three columns."""
+    acc, ci, kind = _summary_columns(shots)
+    s = summarize_seeds(seeds[acc].to_numpy(), seeds[ci].to_numpy())
+    return {acc: s.mean, ci: s.ci, kind: s.kind}
 
 
 def _search_seconds(trials: pd.DataFrame, searches: pd.DataFrame) -> pd.Series:
@@ -175,13 +199,14 @@ def _search_seconds(trials: pd.DataFrame, searches: pd.DataFrame) -> pd.Series:
 def table2(trials: pd.DataFrame) -> pd.DataFrame:
     """Ablation per (dataset, cells): one row per method with mean ± CI and Δ vs `random`.
 
-    Columns: dataset, cells, method, seeds, acc_1shot, ci_1shot, ci_1shot_kind,
-    delta_1shot, delta_1shot_ci, and the same for 5-shot. delta = method mean - random mean
+    Columns: dataset, cells, method, seeds, then per shot count K of the trials (1 and 5 by
+    default) acc_Kshot, ci_Kshot, ci_Kshot_kind, delta_Kshot, delta_Kshot_ci. delta = method mean - random mean
     (NaN without a `random` row); delta_ci = 95% t half-width of the paired per-seed
     differences over the seeds both methods share (same seed = same episodes), NaN with
     fewer than 2 shared seeds.
     """
-    _require(trials, _TRIAL_COLUMNS, "trials table")
+    _require(trials, _trial_columns(trials), "trials table")
+    shots = shots_in(trials)
     keys = ["dataset", "cells"]
     rows = []
     for group, frame in trials.groupby(keys, sort=False):
@@ -190,28 +215,32 @@ def table2(trials: pd.DataFrame) -> pd.DataFrame:
         base = by_method.get(BASELINE_METHOD)
         for method, f in by_method.items():
             row = dict(zip(keys, group)) | {"method": method, "seeds": int(len(f))}
-            for shot in SHOTS:
-                s = summarize_seeds(f[f"acc_{shot}"].to_numpy(), f[f"ci_{shot}"].to_numpy())
-                row |= {f"acc_{shot}": s.mean, f"ci_{shot}": s.ci, f"ci_{shot}_kind": s.kind}
-                row |= _delta(f, base, shot)
+            for k in shots:
+                row |= _accuracy_summary(f, k)
+                row |= _delta(f, base, k)
             rows.append(row)
     columns = keys + ["method", "seeds"] + [
-        c for shot in SHOTS for c in (f"acc_{shot}", f"ci_{shot}", f"ci_{shot}_kind",
-                                      f"delta_{shot}", f"delta_{shot}_ci")]
+        c for k in shots for c in (*_summary_columns(k), *_delta_columns(k))]
     return _sorted(pd.DataFrame(rows, columns=columns), ["dataset", "cells", "method"])
 
 
-def _delta(method: pd.DataFrame, base: pd.DataFrame | None, shot: str) -> dict[str, float]:
+def _delta_columns(shots: int) -> tuple[str, str]:
+    """(delta_Kshot, delta_Kshot_ci) of shot count K."""
+    return f"delta_{shots}shot", f"delta_{shots}shot_ci"
+
+
+def _delta(method: pd.DataFrame, base: pd.DataFrame | None, shots: int) -> dict[str, float]:
     """Difference to the baseline's mean, with a paired t-interval over shared seeds."""
-    col = f"acc_{shot}"
+    col = store.accuracy_column(shots)
+    name, name_ci = _delta_columns(shots)
     if base is None:
-        return {f"delta_{shot}": math.nan, f"delta_{shot}_ci": math.nan}
+        return {name: math.nan, name_ci: math.nan}
     a = method[col][np.isfinite(method[col])]
     b = base[col][np.isfinite(base[col])]
     delta = float(a.mean() - b.mean()) if len(a) and len(b) else math.nan
     shared = a.index.intersection(b.index)
     diffs = (a.loc[shared] - b.loc[shared]).to_numpy()
-    return {f"delta_{shot}": delta, f"delta_{shot}_ci": t_halfwidth(diffs)}
+    return {name: delta, name_ci: t_halfwidth(diffs)}
 
 
 # ----------------------------------------------------------------------------- correlations
@@ -239,7 +268,8 @@ def _proxy_label(column: str) -> str:
 def correlation_table(proxies: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Rank correlation of each training-free proxy with few-shot accuracy, per dataset.
 
-    For every proxy column present (PROXIES) and target (acc_1shot, acc_5shot): Kendall tau-b
+    For every proxy column present (PROXIES) and target (`accuracy_targets`: acc_1shot, acc_5shot
+    by default): Kendall tau-b
     and Spearman rho (`trainers.stats.rank_correlation`) between the oriented proxy (ranks, an
     infinite condition number worst) and the accuracy, with 95% percentile-bootstrap intervals from `n_boot` row resamples drawn by
     `numpy.random.default_rng(seed)`. Rows with a NaN proxy or accuracy are left out (`n`
@@ -252,7 +282,8 @@ def correlation_table(proxies: pd.DataFrame, *, n_boot: int = 1000, seed: int = 
     """
     if n_boot < 0:
         raise ValueError(f"n_boot must be >= 0, got {n_boot}")
-    _require(proxies, ("dataset",) + TARGETS, "proxies table")
+    targets = accuracy_targets(proxies)
+    _require(proxies, ("dataset",) + targets, "proxies table")
     present = [p for p in PROXIES if p in proxies.columns]
     if not present:
         raise ValueError(f"proxies table has none of the proxy columns {list(PROXIES)}")
@@ -262,7 +293,7 @@ def correlation_table(proxies: pd.DataFrame, *, n_boot: int = 1000, seed: int = 
     rows = []
     for dataset, frame in proxies.groupby("dataset", sort=True):
         for proxy in present + baselines:
-            for target in TARGETS:
+            for target in targets:
                 rows.append({"dataset": dataset, "proxy": proxy, "target": target,
                              "orientation": _orientation(proxy)}
                             | rank_correlation(frame[proxy].to_numpy(dtype=np.float64),
@@ -281,7 +312,7 @@ def proxy_difference_table(proxies: pd.DataFrame, *,
 
     For every dataset, pair (a, b) in `pairs` whose two columns are present (pairs with a
     missing column are skipped; a name outside PROXIES and BASELINES is a ValueError) and
-    target (acc_1shot, acc_5shot): tau_a and tau_b, the Kendall tau-b of each oriented proxy
+    target (`accuracy_targets`): tau_a and tau_b, the Kendall tau-b of each oriented proxy
     (as in `correlation_table`: `oriented_ranks`, an infinite condition number ranks worst)
     with the accuracy, and tau_diff = tau_a - tau_b. Both are computed on the same rows:
     those where a, b and the target are all non-NaN (`n`), so tau_a can differ from the
@@ -299,7 +330,8 @@ def proxy_difference_table(proxies: pd.DataFrame, *,
     """
     if n_boot < 0:
         raise ValueError(f"n_boot must be >= 0, got {n_boot}")
-    _require(proxies, ("dataset",) + TARGETS, "proxies table")
+    targets = accuracy_targets(proxies)
+    _require(proxies, ("dataset",) + targets, "proxies table")
     for name in {name for pair in pairs for name in pair}:
         _higher_is_better(name)  # a typo is an error even when its column is absent
     present = [(a, b) for a, b in pairs if a in proxies.columns and b in proxies.columns]
@@ -307,7 +339,7 @@ def proxy_difference_table(proxies: pd.DataFrame, *,
     rows = []
     for dataset, frame in proxies.groupby("dataset", sort=True):
         for a, b in present:
-            for target in TARGETS:
+            for target in targets:
                 rows.append({"dataset": dataset, "proxy_a": a, "proxy_b": b, "target": target}
                             | paired_tau_difference(frame[a].to_numpy(dtype=np.float64),
                                                     frame[b].to_numpy(dtype=np.float64),
@@ -358,31 +390,39 @@ _DAGGER_NOTE = ("± is the 95% t-interval across seeds of the per-seed episode m
                 "a single seed, where ± is that trial's own 95% interval over episodes.")
 
 
+def _format_summary(row: Mapping[str, object], shots: int) -> str:
+    """`format_acc` of a table row's accuracy of `shots` (`_summary_columns`)."""
+    acc, ci, kind = _summary_columns(shots)
+    return format_acc(row[acc], row[ci], row[kind])
+
+
 def table1_markdown(t1: pd.DataFrame) -> str:
-    """Markdown of `table1` (accuracies in percent)."""
-    rows = [(r.dataset, r.method, r.cells, r.seeds, f"{r.params_m:.2f}",
-             format_seconds(r.search_device_seconds),
-             format_acc(r.acc_1shot, r.ci_1shot, r.ci_1shot_kind),
-             format_acc(r.acc_5shot, r.ci_5shot, r.ci_5shot_kind)) for r in t1.itertuples()]
-    return markdown_table(["dataset", "method", "cells", "seeds", "params (M)",
-                           "search (device time)", "1-shot (%)", "5-shot (%)"], rows,
-                          "llrrrrrr") + "\n\n" + _DAGGER_NOTE
+    """Markdown of `table1` (accuracies in percent), one column per shot count."""
+    shots = shots_in(t1)
+    rows = [(r["dataset"], r["method"], r["cells"], r["seeds"], f"{r['params_m']:.2f}",
+             format_seconds(r["search_device_seconds"]), *(_format_summary(r, k) for k in shots))
+            for r in t1.to_dict("records")]
+    return markdown_table(["dataset", "method", "cells", "seeds", "params (M)", "search (device time)",
+                           *(f"{shot_label(k)} (%)" for k in shots)], rows,
+                          "llrrrr" + "r" * len(shots)) + "\n\n" + _DAGGER_NOTE
 
 
 def table2_markdown(t2: pd.DataFrame) -> str:
     """Markdown of `table2` (percent; Δ in percentage points vs `random`)."""
-    def delta(r: tuple, shot: str) -> str:
-        if r.method == BASELINE_METHOD:
-            return "(baseline)"
-        return format_delta(getattr(r, f"delta_{shot}"), getattr(r, f"delta_{shot}_ci"))
+    shots = shots_in(t2)
 
-    rows = [(r.dataset, r.cells, r.method, r.seeds,
-             format_acc(r.acc_1shot, r.ci_1shot, r.ci_1shot_kind), delta(r, "1shot"),
-             format_acc(r.acc_5shot, r.ci_5shot, r.ci_5shot_kind), delta(r, "5shot"))
-            for r in t2.itertuples()]
-    return markdown_table(["dataset", "cells", "method", "seeds", "1-shot (%)",
-                           f"Δ 1-shot vs {BASELINE_METHOD}", "5-shot (%)",
-                           f"Δ 5-shot vs {BASELINE_METHOD}"], rows, "lrlrrrrr") + (
+    def delta(r: Mapping[str, object], k: int) -> str:
+        if r["method"] == BASELINE_METHOD:
+            return "(baseline)"
+        name, name_ci = _delta_columns(k)
+        return format_delta(r[name], r[name_ci])
+
+    rows = [(r["dataset"], r["cells"], r["method"], r["seeds"],
+             *(text for k in shots for text in (_format_summary(r, k), delta(r, k))))
+            for r in t2.to_dict("records")]
+    headers = [h for k in shots for h in (f"{shot_label(k)} (%)", f"Δ {shot_label(k)} vs {BASELINE_METHOD}")]
+    return markdown_table(["dataset", "cells", "method", "seeds", *headers], rows,
+                          "lrlr" + "rr" * len(shots)) + (
         "\n\n" + _DAGGER_NOTE + f" Δ: difference of means to `{BASELINE_METHOD}` in "
         "percentage points, ± a paired 95% t-interval over shared seeds (same seed = same "
         "episodes) when there are at least two.")

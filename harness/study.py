@@ -87,7 +87,13 @@ PROXY_LABELS: dict[str, str] = {
     "cn_ntk": "CN NTK (TE-NAS)",
     "regions": "linear regions",
 }
-TARGET_LABELS: dict[str, str] = {"acc_1shot": "5-way 1-shot accuracy", "acc_5shot": "5-way 5-shot accuracy"}
+
+
+def target_label(target: str) -> str:
+    """Axis label of an accuracy column: 'acc_1shot' -> '5-way 1-shot accuracy' (the study's
+    episodes are 5-way)."""
+    (shots,) = store.shots_of([target])
+    return f"5-way {shots}-shot accuracy"
 
 
 # ----------------------------------------------------------------------------- pure helpers
@@ -326,6 +332,7 @@ def proxy_rows(cfg: Any, init: Mapping[str, Any], trials: Any) -> list[dict[str,
     repeats = cfg.study.repeats
     frame = trials[trials["experiment"] == cfg.experiment.name]
     trainings = max(1, len(cfg.study.train_seeds))
+    shots = store.normalized_shots(cfg.evaluate.shots)
     rows = []
     problems = []
     for search_id, group in frame.sort_values("trial_id").groupby("search_id", sort=True):
@@ -342,14 +349,14 @@ def proxy_rows(cfg: Any, init: Mapping[str, Any], trials: Any) -> list[dict[str,
             continue
         scores = _result_row(entry, repeats)
         # Mean over the trainings; with >= 2 a t-interval across them, else the episode interval.
-        acc = {shot: summarize_seeds(group[f"acc_{shot}"].to_numpy(), group[f"ci_{shot}"].to_numpy())
-               for shot in ("1shot", "5shot")}
+        acc = {k: summarize_seeds(group[store.accuracy_column(k)].to_numpy(),
+                                  group[store.interval_column(k)].to_numpy()) for k in shots}
         rows.append({
             "experiment": cfg.experiment.name, "dataset": t.dataset, "genotype_id": search_id,
             "genotype": t.genotype, "seed": int(t.seed), "cells": int(t.cells),
             **{c: float(scores[c]) for c in PROXY_COLUMNS}, "params": int(t.params),
-            "acc_1shot": acc["1shot"].mean, "ci_1shot": acc["1shot"].ci,
-            "acc_5shot": acc["5shot"].mean, "ci_5shot": acc["5shot"].ci,
+            **{c: v for k in shots for c, v in ((store.accuracy_column(k), acc[k].mean),
+                                                (store.interval_column(k), acc[k].ci))},
             "train_seconds": float(group["train_seconds"].sum()),
         })
     if problems:

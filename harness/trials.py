@@ -550,7 +550,7 @@ def run_trial(config: dict[str, Any], specs: dict[str, dict[str, Any]],
         outputs = trial_outputs(spec, result, summary, episode_rows, params=sum(p.numel() for p in model.parameters()),
                                 device_kind=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
         store.write_text_atomic(work / OUTPUTS_NAME, json.dumps(outputs, default=_json_number))
-        final = {f"acc_{k}shot": v[0] for k, v in summary.items()}
+        final = {store.accuracy_column(k): v[0] for k, v in summary.items()}
         tune.report({"epoch": result.epochs_run, "loss": result.final_loss, "train_acc": result.final_train_acc,
                      "done": True, **final}, checkpoint=tune.Checkpoint.from_directory(str(work)))
     finally:
@@ -616,19 +616,25 @@ def write_history_rows(spec: TrialSpec, epochs: list[Any]) -> Path:
     return write_history_table(spec.results_dir, spec.trial_id, history_rows(spec, epochs))
 
 
+def accuracy_row(shots: tuple[int, ...], summary: dict[int, tuple[float, float]]) -> dict[str, float]:
+    """The accuracy columns of a row (`store.accuracy_columns(shots)`) from `summary`
+    (shots -> (mean, interval half-width)); NaN for a shot count that was not evaluated."""
+    nan = (math.nan, math.nan)
+    return {column: value for k in store.normalized_shots(shots)
+            for column, value in zip((store.accuracy_column(k), store.interval_column(k)), summary.get(k, nan))}
+
+
 def trial_outputs(spec: TrialSpec, result: Any, summary: dict[int, tuple[float, float]],
                   episode_rows: list[dict[str, Any]], *, params: int, device_kind: str) -> dict[str, Any]:
     """A finished trial's rows, as plain data: {"trial_id", "history": [...], "trials": [row],
     "episodes": [...]} (tables `history`, `trials`, `episodes`), written home by the driver."""
     base = {"experiment": spec.experiment, "dataset": spec.dataset, "method": spec.method, "seed": spec.seed,
             "cells": spec.cells}
-    nan = (math.nan, math.nan)
     trial_row = {
         **base, "trial_id": spec.trial_id, "search_id": spec.search_id, "genotype": spec.genotype, "params": params,
         "search_seconds": spec.search_seconds, "train_seconds": result.seconds, "epochs": result.epochs_run,
         "final_loss": result.final_loss, "final_train_acc": result.final_train_acc, "ways": spec.eval_ways,
-        "episodes": spec.eval_episodes, "acc_1shot": summary.get(1, nan)[0], "ci_1shot": summary.get(1, nan)[1],
-        "acc_5shot": summary.get(5, nan)[0], "ci_5shot": summary.get(5, nan)[1], "device_kind": device_kind,
+        "episodes": spec.eval_episodes, **accuracy_row(spec.eval_shots, summary), "device_kind": device_kind,
         "config_json": json.dumps(asdict(spec), sort_keys=True, default=list),
         "git_sha": "",  # the driver's, stamped when it writes the row (`write_trial_outputs`)
     }
