@@ -547,6 +547,32 @@ def _resolve_kernel_by_cells(cfg: ExperimentConfig) -> ExperimentConfig:
     return cfg.replace("search", kernel_by_cells=resolved)
 
 
+# ----------------------------------------------------------------------------- training recipe
+
+
+def train_config_for(cfg: ExperimentConfig, seed: int) -> Any:
+    """The RFS recipe (`trainers.rfs.TrainConfig`) of the dataset (or `[train] recipe`) with the
+    config's overrides and the training seed `seed`."""
+    from trainers.rfs import get_recipe
+
+    t = cfg.train
+    recipe = get_recipe(t.recipe or cfg.dataset.name)
+    changes: dict[str, Any] = {"seed": seed}
+    if t.epochs:
+        changes["epochs"] = t.epochs
+        if not t.lr_decay_epochs:  # keep the recipe's decay points inside the shorter schedule
+            changes["lr_decay_epochs"] = tuple(e for e in recipe.lr_decay_epochs if e < t.epochs)
+    if t.lr_decay_epochs:
+        changes["lr_decay_epochs"] = t.lr_decay_epochs
+    if t.lr:
+        changes["lr"] = t.lr
+    if t.batch_size:
+        changes["batch_size"] = t.batch_size
+    if t.drop_path >= 0:
+        changes["drop_path"] = t.drop_path
+    return recipe.replace(**changes)
+
+
 # ----------------------------------------------------------------------------- late refusals
 
 
@@ -581,8 +607,6 @@ def _refuse_late_failures(cfg: ExperimentConfig) -> None:
     (support_augment >= 0; its augmentation is the training recipe's, always valid), the
     scorer's MetaNTK (kernel_output "sum" only), and Tune's trial resources (> 0 CPUs).
     """
-    from harness.trials import train_config_for
-
     src, s, e = cfg.source, cfg.search, cfg.evaluate
     if e.support_augment < 0:
         raise ConfigError(f"{src}: evaluate.support_augment = {e.support_augment} must be >= 0 "

@@ -493,11 +493,10 @@ def kernel_columns(cfg: ExperimentConfig, method: str, cells: int) -> dict[str, 
 
 def network_params(cfg: ExperimentConfig, genotype: Any, cells: int) -> int:
     """Parameter count of the evaluation network (head over the training classes)."""
+    from harness.specs import data_spec
     from search_spaces.network import Network
-    from trainers.data import load_split
 
-    split = load_split(cfg.dataset.name, cfg.dataset.root or None, cfg.dataset.train_split,
-                       image_size=cfg.dataset.image_size or None, seed=cfg.experiment.seed, **cfg.dataset.options)
+    split = data_spec(cfg).load(cfg.dataset.train_split)
     n_classes = len(split.class_names)
     channels = cfg.train.init_channels or cfg.search.init_channels
     net = Network(genotype, channels, n_classes, cells, in_channels=int(split.images.shape[1]))

@@ -47,7 +47,6 @@ rerun of `metantk-nas run` only scores what is missing.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -108,12 +107,12 @@ def proxy_specs(cfg: Any, cells: int) -> dict[str, ScoreSpec]:
     base = spec_from_config(cfg, cells)
     # Proxy settings matter only where registry proxies are measured (the MAML spec, with
     # `study.zero_cost`): elsewhere they are left out so that they change no digest.
-    options = base.proxy_options if cfg.study.zero_cost else ()
+    options = base.kernel.proxy_options if cfg.study.zero_cost else ()
     return {
-        "maml": dataclasses.replace(base, algorithm="maml", inner_time=cfg.search.inner_time, reg=cfg.search.reg,
-                                    proxy_options=options),
-        "anil": dataclasses.replace(base, algorithm="anil", inner_time=cfg.study.anil_inner_time,
-                                    reg=cfg.study.anil_reg, proxy_options=()),
+        "maml": base.with_kernel(algorithm="maml", inner_time=cfg.search.inner_time, reg=cfg.search.reg,
+                                 proxy_options=options),
+        "anil": base.with_kernel(algorithm="anil", inner_time=cfg.study.anil_inner_time,
+                                 reg=cfg.study.anil_reg, proxy_options=()),
     }
 
 
@@ -132,9 +131,11 @@ def spec_digest(spec: ScoreSpec, extra_measures: tuple[str, ...] = ()) -> str:
     """Digest of what fixes a kernel's per-repeat scores of a genotype (spec, key scheme and
     the registry proxies measured). Without proxies it is the digest of the spec before
     `proxy_options` existed, so older checkpoints stay valid."""
-    fields = dataclasses.astuple(spec)
-    if not spec.proxy_options:
-        fields = fields[:-1]  # `proxy_options` is the last field of ScoreSpec
+    fields = spec.flat_fields()
+    if not spec.kernel.proxy_options:
+        # Digests written before `proxy_options` existed dropped the last flat field (then
+        # `ntk_batch`): kept, so those checkpoints stay valid.
+        fields = fields[:-1]
     parts: tuple = (INIT_FORMAT, KEY_TAG, fields)
     if extra_measures:
         parts += (tuple(extra_measures),)

@@ -32,7 +32,7 @@ class TrialRowsCallback(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         # epoch reports carry `epoch_seconds`; the final report carries the outputs instead
         if "epoch_seconds" in result:
-            record_epoch(self.results_dir, TrialSpec(**self.specs[trial.config["trial"]]), result)
+            record_epoch(self.results_dir, TrialSpec.from_dict(self.specs[trial.config["trial"]]), result)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if trial.checkpoint is not None:

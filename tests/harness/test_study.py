@@ -118,7 +118,7 @@ def test_a_partial_checkpoint_scores_only_what_is_missing(scored, tmp_path):
     store.write_json_atomic(cfg2.results_dir / INIT_FILE, data)
     pool = InlinePool()
     assert _values(score_proxies(cfg2, rows, progress=False, pool=pool)) == _values(results)
-    assert [(job.spec.algorithm, job.key[-1], [i for i, _ in job.items]) for job in pool.jobs] == [
+    assert [(job.spec.kernel.algorithm, job.key[-1], [i for i, _ in job.items]) for job in pool.jobs] == [
         ("anil", 1, [(rows[1]["search_id"], "anil", 1)])]
 
 
@@ -130,7 +130,7 @@ def test_a_changed_spec_is_rescored_only_where_it_matters(scored, pool, tmp_path
     before = len(pool.jobs)
     (again,) = score_proxies(cfg2, rows[:1], progress=False, pool=pool)
     # Only the ANIL kernel depends on study.anil_reg: its 2 repeats are rescored, nothing else.
-    assert [(j.spec.algorithm, j.spec.reg) for j in pool.jobs[before:]] == [("anil", 0.1)] * 2
+    assert [(j.spec.kernel.algorithm, j.spec.kernel.reg) for j in pool.jobs[before:]] == [("anil", 0.1)] * 2
     assert again["cn_metantk_anil"] != results[0]["cn_metantk_anil"]
     same = ("cn_metantk_maml", "cn_ntk", "regions")
     assert [again[c] for c in same] == [results[0][c] for c in same]
@@ -150,9 +150,9 @@ def test_a_changed_genotype_is_rescored(scored, pool, tmp_path):
 def test_maml_and_anil_specs_differ_only_in_the_inner_loop(tmp_path):
     cfg = tiny_config(tmp_path)
     specs = proxy_specs(cfg, 3)
-    assert specs["maml"].algorithm == "maml" and specs["anil"].algorithm == "anil"
+    assert specs["maml"].kernel.algorithm == "maml" and specs["anil"].kernel.algorithm == "anil"
     assert specs["maml"].model_key == specs["anil"].model_key
-    assert specs["anil"].inner_time == cfg.study.anil_inner_time and specs["anil"].reg == cfg.study.anil_reg
+    assert specs["anil"].kernel.inner_time == cfg.study.anil_inner_time and specs["anil"].kernel.reg == cfg.study.anil_reg
 
 
 @pytest.mark.parametrize("values, expected", [
