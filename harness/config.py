@@ -18,46 +18,13 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence, get_args, get_origin, get_type_hints
 
 from harness.errors import ConfigError
-from kernels.proxy_names import PROXY_NAMES
+from harness.methods import (FIXED_METHODS, GENOTYPE_METHOD_PREFIX, METHOD_ORDER, PAPER_PRUNING_METHODS,  # noqa: F401
+                             PROXY_MEASURE_PREFIX, PROXY_WITH_REGIONS, PRUNING_METHODS, valid_methods)
 from harness.ranking import RANKING_MODES
+from harness.specs import absolute_root, train_config_for  # noqa: F401  (the spec side of the config)
+from kernels.proxy_names import PROXY_NAMES
 
-# Methods that prune the supernet with scores, and what each one measures (design section 5).
-PRUNING_METHODS: dict[str, tuple[str, ...]] = {
-    "metantk": ("cn_meta", "rn"),
-    "tenas": ("cn_ntk", "rn"),
-    "regions": ("rn",),
-    "cn-only": ("cn_meta",),
-}
-# The paper's four pruning methods (the proxy methods below join PRUNING_METHODS after them).
-PAPER_PRUNING_METHODS: tuple[str, ...] = tuple(PRUNING_METHODS)
-# --- Zero-cost proxy search methods (kept in this one block) ---------------------------
-# "<proxy>" prunes with that proxy of kernels.proxies alone and "<proxy>+regions" with the
-# proxy and the linear regions, both through Algorithm 1's ranking (harness.ranking:
-# `oriented_delta`). "regions" is already a method of its own. Measure "proxy:<name>".
-PROXY_MEASURE_PREFIX = "proxy:"
-PROXY_WITH_REGIONS = "+regions"
-PRUNING_METHODS.update(
-    {f"{name}{suffix}": (f"{PROXY_MEASURE_PREFIX}{name}", *extra)
-     for name in PROXY_NAMES if name != "regions"
-     for suffix, extra in (("", ()), (PROXY_WITH_REGIONS, ("rn",)))})
-# -------------------------------------------------------------------------------------------
-# Methods that produce a genotype without scoring.
-FIXED_METHODS: tuple[str, ...] = ("random", "metanas")
-# Display order of the methods in reports (design section 5); other methods follow alphabetically.
-METHOD_ORDER: tuple[str, ...] = (*PAPER_PRUNING_METHODS, *FIXED_METHODS)
-GENOTYPE_METHOD_PREFIX = "genotype:"  # e.g. "genotype:metanas_og_v2": any registry entry
 DATASET_NAMES: tuple[str, ...] = ("synthetic", "omniglot", "mini_imagenet", "tiered_imagenet")
-
-
-def absolute_root(root: str) -> str:
-    """A dataset root resolved against the current directory ("" stays ""): the one spelling
-    used wherever a root leaves the command's process (Tune trials run in their own working
-    directory, actors may run on other nodes) or is hashed for a resume."""
-    return str(Path(root).resolve()) if root else ""
-
-
-def valid_methods() -> tuple[str, ...]:
-    return (*PRUNING_METHODS, *FIXED_METHODS)
 
 
 @dataclass(frozen=True)
@@ -545,32 +512,6 @@ def _resolve_kernel_by_cells(cfg: ExperimentConfig) -> ExperimentConfig:
             raise ConfigError(f"{where}: {problem}")
         resolved[cells] = settings
     return cfg.replace("search", kernel_by_cells=resolved)
-
-
-# ----------------------------------------------------------------------------- training recipe
-
-
-def train_config_for(cfg: ExperimentConfig, seed: int) -> Any:
-    """The RFS recipe (`trainers.rfs.TrainConfig`) of the dataset (or `[train] recipe`) with the
-    config's overrides and the training seed `seed`."""
-    from trainers.rfs import get_recipe
-
-    t = cfg.train
-    recipe = get_recipe(t.recipe or cfg.dataset.name)
-    changes: dict[str, Any] = {"seed": seed}
-    if t.epochs:
-        changes["epochs"] = t.epochs
-        if not t.lr_decay_epochs:  # keep the recipe's decay points inside the shorter schedule
-            changes["lr_decay_epochs"] = tuple(e for e in recipe.lr_decay_epochs if e < t.epochs)
-    if t.lr_decay_epochs:
-        changes["lr_decay_epochs"] = t.lr_decay_epochs
-    if t.lr:
-        changes["lr"] = t.lr
-    if t.batch_size:
-        changes["batch_size"] = t.batch_size
-    if t.drop_path >= 0:
-        changes["drop_path"] = t.drop_path
-    return recipe.replace(**changes)
 
 
 # ----------------------------------------------------------------------------- late refusals

@@ -2,8 +2,8 @@
 and the paired comparison of proxies.
 
 The table functions are pure (DataFrames in, DataFrames out) so they can be tested on
-hand-made rows; `build_report` / `write_report` read a results folder through
-`harness.store` and render Markdown and CSV.
+hand-made rows; `harness.pipeline.build_report` / `write_report` read a results folder
+through `harness.store` and render Markdown, CSV, figures and the HTML page.
 
 Aggregation over seeds (paper Table 1 reports mean ± std over 3 runs; we report a 95%
 interval instead, which is what the number means to a reader): each seed's accuracy is the
@@ -16,18 +16,16 @@ Accuracies are fractions in [0, 1] in DataFrames and CSVs and percent in Markdow
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from harness import store
-from harness.config import METHOD_ORDER
-from harness.markdown import markdown_table
+from harness.markdown import format_seconds, markdown_table  # noqa: F401  (format_seconds re-exported)
+from harness.methods import METHOD_ORDER, method_sort_key  # noqa: F401  (METHOD_ORDER re-exported)
 from harness.store import accuracy_targets, shots_in
-from trainers.stats import paired_tau_difference, rank_correlation, t_halfwidth
+from trainers.stats import (CI_EPISODES, CI_NONE, CI_SEEDS, SeedSummary, paired_tau_difference,  # noqa: F401
+                            rank_correlation, summarize_seeds, t_halfwidth)
 
 BASELINE_METHOD = "random"
 
@@ -39,6 +37,14 @@ PROXIES: dict[str, bool] = {
     "cn_metantk_anil": False,
     "cn_ntk": False,
     "regions": True,
+}
+PROXY_COLUMNS: tuple[str, ...] = tuple(PROXIES)  # the `proxies` table's proxy columns
+CN_COLUMNS: tuple[str, ...] = tuple(c for c, higher in PROXIES.items() if c.startswith("cn_"))
+PROXY_LABELS: dict[str, str] = {
+    "cn_metantk_maml": "CN MetaNTK (MAML)",
+    "cn_metantk_anil": "CN MetaNTK (ANIL)",
+    "cn_ntk": "CN NTK (TE-NAS)",
+    "regions": "linear regions",
 }
 # Naive baselines a training-free proxy should beat, same convention: a larger model is
 # predicted to be better. Reported beside PROXIES when the column is present.
@@ -57,9 +63,6 @@ DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (
 # columns (`shots_in`, `accuracy_targets`).
 TARGETS: tuple[str, ...] = tuple(store.accuracy_column(k) for k in store.DEFAULT_SHOTS)
 
-CI_SEEDS = "seeds"        # 95% t-interval across seeds
-CI_EPISODES = "episodes"  # one seed: the trial's own 95% episode interval
-CI_NONE = "none"          # no finite value
 
 _TRIAL_KEYS = ("dataset", "method", "cells", "seed")
 
@@ -74,6 +77,13 @@ def _require(frame: pd.DataFrame, columns: Iterable[str], what: str) -> None:
                          f"harness.store.read_table (columns: {list(frame.columns)})")
 
 
+def target_label(target: str) -> str:
+    """Axis label of an accuracy column: 'acc_1shot' -> '5-way 1-shot accuracy' (the study's
+    episodes are 5-way)."""
+    (shots,) = store.shots_of([target])
+    return f"5-way {shots}-shot accuracy"
+
+
 def shot_label(shots: int) -> str:
     """Display name of a shot count: '1-shot'."""
     return f"{shots}-shot"
@@ -81,37 +91,6 @@ def shot_label(shots: int) -> str:
 
 def _trial_columns(trials: pd.DataFrame) -> tuple[str, ...]:
     return _TRIAL_KEYS + tuple(store.accuracy_columns(shots_in(trials)))
-
-
-def _method_key(method: str) -> tuple[int, str]:
-    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
-
-
-@dataclass(frozen=True)
-class SeedSummary:
-    """Mean over seeds with its interval; `kind` says which interval `ci` is."""
-
-    n: int
-    mean: float
-    ci: float
-    kind: str
-
-
-def summarize_seeds(means: np.ndarray, episode_cis: np.ndarray) -> SeedSummary:
-    """Aggregate per-seed accuracies.
-
-    means, episode_cis: (n_seeds,). Non-finite means (an evaluation that did not run) are
-    left out. >= 2 seeds: t-interval across seeds; one seed: its episode interval.
-    """
-    means = np.asarray(means, dtype=np.float64)
-    cis = np.asarray(episode_cis, dtype=np.float64)
-    ok = np.isfinite(means)
-    n = int(ok.sum())
-    if n == 0:
-        return SeedSummary(0, math.nan, math.nan, CI_NONE)
-    if n == 1:
-        return SeedSummary(1, float(means[ok][0]), float(cis[ok][0]), CI_EPISODES)
-    return SeedSummary(n, float(means[ok].mean()), t_halfwidth(means[ok]), CI_SEEDS)
 
 
 def _per_seed(trials: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -127,7 +106,7 @@ def _sorted(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
     def sort_key(i: int) -> tuple:
         row = frame.iloc[i]
-        return tuple(_method_key(row[k]) if k == "method" else row[k] for k in keys)
+        return tuple(method_sort_key(row[k]) if k == "method" else row[k] for k in keys)
 
     order = sorted(range(len(frame)), key=sort_key)
     return frame.iloc[order].reset_index(drop=True)
@@ -354,17 +333,6 @@ def proxy_difference_table(proxies: pd.DataFrame, *,
 # ----------------------------------------------------------------------------- Markdown
 
 
-def format_seconds(seconds: float) -> str:
-    """Human duration: '45.0 s', '12.3 min', '1.54 h'; '–' for NaN."""
-    if seconds is None or not math.isfinite(seconds):
-        return "–"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 3600:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.2f} h"
-
-
 def format_acc(mean: float, ci: float, kind: str = CI_SEEDS) -> str:
     """'62.00 ± 4.97' in percent; a dagger marks an episode interval (one seed)."""
     if not math.isfinite(mean):
@@ -473,149 +441,3 @@ def searches_markdown(searches: pd.DataFrame) -> str:
     return markdown_table(["dataset", "method", "seed", "cells", "rounds", "candidates",
                            "workers", "device", "device time", "wall time"], rows,
                           "llrrrrrlrr")
-
-
-# ----------------------------------------------------------------------------- report
-
-
-@dataclass(frozen=True)
-class Report:
-    """A rendered report: Markdown text, the tables behind it, and the figures found."""
-
-    markdown: str
-    tables: Mapping[str, pd.DataFrame] = field(default_factory=dict)  # csv stem -> table
-    figures: tuple[Path, ...] = ()
-
-
-class ReportFiles(dict[str, Path]):
-    """`write_report`'s result: file name -> written path, plus the Markdown text."""
-
-    def __init__(self, paths: Mapping[str, Path], markdown: str) -> None:
-        super().__init__(paths)
-        self.markdown = markdown
-
-    def summary(self) -> list[str]:
-        """One line per written file, the figures folded into one line (there is one per
-        trial and search)."""
-        figures = [p for name, p in self.items() if name.startswith("figures/")]
-        lines = [str(p) for name, p in self.items() if not name.startswith("figures/")]
-        if figures:
-            lines.append(f"{figures[0].parent}/ ({len(figures)} figure files, SVG and PNG)")
-        return lines
-
-
-def _figures(layout: store.ResultsLayout) -> tuple[Path, ...]:
-    found = sorted(layout.plots.glob("*.png")) + sorted(layout.cells.glob("*.svg"))
-    return tuple(found)
-
-
-def read_results(results_dir: str | os.PathLike[str]) -> dict[str, pd.DataFrame]:
-    """Every table of `results_dir` (name -> DataFrame). Raises FileNotFoundError for a
-    missing folder and ValueError when it holds no Parquet table at all."""
-    root = store.results_layout(results_dir).root
-    if root.exists() and not root.is_dir():
-        raise NotADirectoryError(f"{root} is a file, not a results folder; pass the folder `metantk-nas run` "
-                                 "writes (results/<experiment>), not a file inside it")
-    if not root.is_dir():
-        raise FileNotFoundError(f"results folder {root} does not exist; run `metantk-nas run "
-                                "EXPERIMENT.toml` first and pass the folder it writes "
-                                "(results/<experiment>)")
-    if not store.has_parquet(root):
-        raise ValueError(f"no Parquet results under {root} (expected {', '.join(store.TABLES)} "
-                         "folders); run `metantk-nas run EXPERIMENT.toml` first")
-    return {name: store.read_table(root, name) for name in store.TABLES}
-
-
-def build_report(results_dir: str | os.PathLike[str], *, n_boot: int = 1000,
-                 seed: int = 0, link_base: str | os.PathLike[str] | None = None,
-                 data: Mapping[str, pd.DataFrame] | None = None,
-                 extra_figures: Sequence[Path] = ()) -> Report:
-    """Read the Parquet tables of `results_dir` and render the report (writes nothing).
-
-    link_base: folder the Markdown's figure links are relative to (default: the report
-    folder). data: the tables if already read (`read_results`). extra_figures: figures
-    written for this report (`harness.figures`), linked after those found in plots/ and
-    cells/. Raises as `read_results`.
-    """
-    layout = store.results_layout(results_dir)
-    root = layout.root
-    data = dict(data) if data is not None else read_results(root)
-    counts = ", ".join(f"{name} {len(frame)}" for name, frame in data.items())
-    experiments = sorted(set().union(*(set(f["experiment"]) for f in data.values())))
-    parts = [f"# Results: {root.name}", "",
-             f"Folder: `{root}`. Experiment(s): {', '.join(experiments) or '–'}. "
-             f"Rows: {counts}."]
-    tables: dict[str, pd.DataFrame] = {}
-    trials, searches = data["trials"], data["searches"]
-    if trials.empty:
-        parts += ["", "## Table 1", "", "_No `trials` rows: Tables 1 and 2 need trained and "
-                  "evaluated architectures (`metantk-nas run` or `metantk-nas train`)._"]
-    else:
-        tables["table1"] = table1(trials, searches)
-        tables["table2"] = table2(trials)
-        parts += ["", "## Table 1: searched cells, few-shot accuracy", "",
-                  table1_markdown(tables["table1"]),
-                  "", "## Table 2: ablation (search method)", "",
-                  table2_markdown(tables["table2"])]
-    if not searches.empty:
-        parts += ["", "## Searches", "", searches_markdown(searches)]
-    if not data["proxies"].empty:
-        tables["correlations"] = correlation_table(data["proxies"], n_boot=n_boot, seed=seed)
-        parts += ["", "## Proxy quality: rank correlation with few-shot accuracy", "",
-                  correlations_markdown(tables["correlations"])]
-        differences = proxy_difference_table(data["proxies"], n_boot=n_boot, seed=seed)
-        if not differences.empty:
-            tables["proxy_differences"] = differences
-            parts += ["", "## Proxy comparison: paired difference in Kendall τ", "",
-                      proxy_differences_markdown(differences)]
-    else:
-        parts += ["", "_No `proxies` rows: the correlation study "
-                  "(experiments/correlation_omniglot.toml) has not been run here._"]
-    from harness.leaderboard import leaderboard_section  # empty without `proxy_scores` rows
-
-    lines, extra = leaderboard_section(data, n_boot=n_boot, seed=seed)
-    parts += lines
-    tables |= extra
-    figures = _figures(layout) + tuple(extra_figures)
-    base = Path(link_base) if link_base is not None else layout.report
-    if figures:
-        parts += ["", "## Figures", ""]
-        parts += [f"- [`{(f.relative_to(root) if f.is_relative_to(root) else f).as_posix()}`]"
-                  f"({Path(os.path.relpath(f, base)).as_posix()})" for f in figures]
-    return Report(markdown="\n".join(parts) + "\n", tables=tables, figures=figures)
-
-
-def write_report(results_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None,
-                 *, n_boot: int = 1000, seed: int = 0, figures: bool = True) -> ReportFiles:
-    """Write report.md, one CSV per table, the figures and index.html, atomically.
-
-    Tables: table1, table2 (with trials), correlations and proxy_differences (with proxies).
-    Figures (`harness.figures.write_figures`, SVG and PNG in `<out>/figures/`) and
-    `<out>/index.html` (`harness.html_report`) unless `figures=False`.
-
-    out_dir defaults to `results_dir/report/`. Returns file name -> path, with the Markdown
-    text in `.markdown`.
-    """
-    from harness.figures import FIGURE_DIR, FigureSet, write_figures
-    from harness.html_report import INDEX_FILE, render_index
-
-    layout = store.results_layout(results_dir)
-    out = Path(out_dir) if out_dir is not None else layout.report
-    data = read_results(results_dir)
-    figure_set = (write_figures(results_dir, out / FIGURE_DIR, data=data, n_boot=n_boot, seed=seed)
-                  if figures else FigureSet())
-    report = build_report(results_dir, n_boot=n_boot, seed=seed, link_base=out, data=data,
-                          extra_figures=[p for p in figure_set.paths() if p.suffix == ".svg"])
-    paths = {"report.md": store.write_text_atomic(out / "report.md", report.markdown)}
-    for stem, frame in report.tables.items():
-        paths[f"{stem}.csv"] = store.write_text_atomic(out / f"{stem}.csv",
-                                                       frame.to_csv(index=False))
-    if figures:
-        for path in figure_set.paths():
-            paths[path.relative_to(out).as_posix()] = path
-        # The page shows the tables but not the figure list (the figures are on the page).
-        # and not the title (the page has its own).
-        tables_md = report.markdown.split("\n## Figures\n")[0].split("\n", 1)[1]
-        paths[INDEX_FILE] = store.write_text_atomic(
-            out / INDEX_FILE, render_index(tables_md, figure_set, data["searches"], layout, out))
-    return ReportFiles(paths, report.markdown)

@@ -18,7 +18,7 @@ from typing import Any, Hashable, Mapping
 import numpy as np
 import torch
 
-from harness.config import PROXY_MEASURE_PREFIX
+from harness.methods import PROXY_MEASURE_PREFIX
 from harness.specs import ScoreSpec, spec_from_config  # noqa: F401  (spec_from_config re-exported)
 from kernels.proxy_names import PROXY_NAMES
 from trainers.seeds import generator  # noqa: F401  (the key -> generator of every draw)

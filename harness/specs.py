@@ -23,9 +23,41 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
 
-from harness.config import ExperimentConfig, absolute_root, train_config_for
+if TYPE_CHECKING:  # the config imports this module; it is read here, never imported at run time
+    from harness.config import ExperimentConfig  # noqa: F401
+
+
+def absolute_root(root: str) -> str:
+    """A dataset root resolved against the current directory ("" stays ""): the one spelling
+    used wherever a root leaves the command's process (Tune trials run in their own working
+    directory, actors may run on other nodes) or is hashed for a resume."""
+    return str(Path(root).resolve()) if root else ""
+
+
+def train_config_for(cfg: "ExperimentConfig", seed: int) -> Any:
+    """The RFS recipe (`trainers.rfs.TrainConfig`) of the dataset (or `[train] recipe`) with the
+    config's overrides and the training seed `seed`."""
+    from trainers.rfs import get_recipe
+
+    t = cfg.train
+    recipe = get_recipe(t.recipe or cfg.dataset.name)
+    changes: dict[str, Any] = {"seed": seed}
+    if t.epochs:
+        changes["epochs"] = t.epochs
+        if not t.lr_decay_epochs:  # keep the recipe's decay points inside the shorter schedule
+            changes["lr_decay_epochs"] = tuple(e for e in recipe.lr_decay_epochs if e < t.epochs)
+    if t.lr_decay_epochs:
+        changes["lr_decay_epochs"] = t.lr_decay_epochs
+    if t.lr:
+        changes["lr"] = t.lr
+    if t.batch_size:
+        changes["batch_size"] = t.batch_size
+    if t.drop_path >= 0:
+        changes["drop_path"] = t.drop_path
+    return recipe.replace(**changes)
 
 
 def freeze(value: Any) -> Any:

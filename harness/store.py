@@ -229,6 +229,11 @@ class ResultsLayout:
         """Folder of table `name`; KeyError listing the tables if unknown."""
         return self.tables[_check_table(name)]
 
+    def cell_images(self, search_id: str, fmt: str = "png") -> tuple[Path, Path] | None:
+        """The rendered (normal, reduce) cells of a search, or None when they were not rendered."""
+        pair = tuple(self.cells / f"{search_id}_{t}.{fmt}" for t in ("normal", "reduce"))
+        return pair if all(p.is_file() for p in pair) else None  # type: ignore[return-value]
+
 
 def results_layout(results_dir: str | os.PathLike[str]) -> ResultsLayout:
     """Paths of one results folder (nothing is created)."""

@@ -14,8 +14,9 @@ network at initialisation, before any training:
 The network scored is the search supernet restricted to the genotype (`genotype_masks`:
 the genotype's op on its 2 edges per node, every other edge removed), i.e. exactly what the
 search scores, with the same `ScoreSpec` (kernel batch, image size, norm, parameters). The
-Tune trials then train and evaluate each genotype; `finish_proxy_study` joins both and
-writes the `proxies` table and scatter plots; `harness.report` computes the correlations.
+Tune trials then train and evaluate each genotype; `write_proxy_tables` joins both and
+writes the `proxies` table (`harness.pipeline.finish_proxy_study` adds the scatter plots);
+`harness.report` computes the correlations.
 
 Randomness (design section 2): the scores of repeat `r` use the key
 `(experiment seed, "proxy", r)` for every genotype, i.e. common random numbers: within a
@@ -52,14 +53,14 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Hashable, Mapping, Sequence
-
-import numpy as np
+from typing import Any, Callable, Hashable, Mapping, Sequence
 
 from harness import store
-from harness.config import PROXY_MEASURE_PREFIX
 from harness.errors import UserError
+from harness.methods import PROXY_MEASURE_PREFIX
+from harness.report import CN_COLUMNS
 from harness.scoring import Score, ScoreSpec, masks_array, spec_from_config
+from trainers.stats import geometric_mean_cn, mean_or_nan, summarize_seeds  # noqa: F401  (re-exported)
 
 INIT_FILE = "state/proxies_init.json"
 INIT_FORMAT = 1
@@ -76,23 +77,9 @@ PROXY_SOURCES: dict[str, tuple[str, str]] = {
     "regions": ("maml", "rn"),
 }
 PROXY_COLUMNS: tuple[str, ...] = tuple(PROXY_SOURCES)
-CN_COLUMNS: tuple[str, ...] = ("cn_metantk_maml", "cn_metantk_anil", "cn_ntk")
 # Measures computed per kernel spec (the NTK and regions do not depend on the inner loop,
 # so they are measured once, with the MAML spec).
 KERNEL_MEASURES: dict[str, tuple[str, ...]] = {"maml": ("cn_meta", "cn_ntk", "rn"), "anil": ("cn_meta",)}
-PROXY_LABELS: dict[str, str] = {
-    "cn_metantk_maml": "CN MetaNTK (MAML)",
-    "cn_metantk_anil": "CN MetaNTK (ANIL)",
-    "cn_ntk": "CN NTK (TE-NAS)",
-    "regions": "linear regions",
-}
-
-
-def target_label(target: str) -> str:
-    """Axis label of an accuracy column: 'acc_1shot' -> '5-way 1-shot accuracy' (the study's
-    episodes are 5-way)."""
-    (shots,) = store.shots_of([target])
-    return f"5-way {shots}-shot accuracy"
 
 
 # ----------------------------------------------------------------------------- pure helpers
@@ -145,28 +132,6 @@ def spec_digest(spec: ScoreSpec, extra_measures: tuple[str, ...] = ()) -> str:
 def _digests(cfg: Any, specs: Mapping[str, ScoreSpec]) -> dict[str, str]:
     measures = kernel_measures(cfg)
     return {k: spec_digest(spec, measures[k][len(KERNEL_MEASURES[k]):]) for k, spec in specs.items()}
-
-
-def geometric_mean_cn(values: Sequence[float]) -> float:
-    """Geometric mean of condition numbers. values: (repeats,) in [1, inf] or NaN.
-
-    Any NaN -> NaN; any inf -> inf (a singular kernel stays singular); empty -> NaN.
-    Non-positive values cannot be condition numbers: ValueError.
-    """
-    v = np.asarray(values, dtype=np.float64)
-    if v.size == 0 or np.isnan(v).any():
-        return math.nan
-    if (v <= 0).any():
-        raise ValueError(f"condition numbers must be > 0, got {v.tolist()}")
-    if np.isinf(v).any():
-        return math.inf
-    return float(np.exp(np.log(v).mean()))
-
-
-def mean_or_nan(values: Sequence[float]) -> float:
-    """Arithmetic mean; NaN for an empty list or any NaN."""
-    v = np.asarray(values, dtype=np.float64)
-    return float(v.mean()) if v.size else math.nan
 
 
 def aggregate(per_repeat: Mapping[str, Sequence[Mapping[str, float]]]) -> dict[str, float]:
@@ -238,14 +203,15 @@ def _result_row(entry: Mapping[str, Any], repeats: int) -> dict[str, Any]:
 
 
 def score_proxies(cfg: Any, searches: Sequence[Mapping[str, Any]], *, progress: bool = True,
-                  pool: Any = None) -> list[dict[str, Any]]:
+                  pool: Any = None, start_pool: Callable[[], Any] | None = None) -> list[dict[str, Any]]:
     """Score every genotype of `searches` (rows of the `searches` table) at initialisation.
 
     Returns one dict per row, in order: search_id, method, seed, cells, genotype, the four
     proxy columns (PROXY_COLUMNS, repeat-aggregated, see module doc) and seconds (scoring
     time summed over repeats and kernels). `pool`: a `harness.scorers.ScorerPool`, a
-    `harness.scoring.InlinePool` or any object with `.run(jobs, on_result)`; None starts one (`harness.cmd_search.start_pool`)
-    and shuts it down afterwards, and only if something is left to score.
+    `harness.scoring.InlinePool` or any object with `.run(jobs, on_result)`; None: `start_pool()`
+    makes one (`harness.pipeline.start_pool`), only if something is left to score, and it is
+    shut down afterwards.
     """
     from trainers.progress import progress_bar
 
@@ -285,9 +251,9 @@ def score_proxies(cfg: Any, searches: Sequence[Mapping[str, Any]], *, progress: 
     if total:
         own_pool = pool is None
         if own_pool:
-            from harness.cmd_search import start_pool
-
-            pool = start_pool(cfg)
+            if start_pool is None:
+                raise ValueError("score_proxies needs a pool or start_pool to score the missing proxies")
+            pool = start_pool()
         bar = progress_bar(total, "proxies", "score", enabled=progress, dynamic_ncols=True)
         started = time.perf_counter()
         last_save = [started]
@@ -328,8 +294,6 @@ def proxy_rows(cfg: Any, init: Mapping[str, Any], trials: Any) -> list[dict[str,
     experiment without init scores, or whose genotype differs from the scored one, is an
     error (the study would silently lose or mismatch rows otherwise).
     """
-    from harness.report import summarize_seeds
-
     repeats = cfg.study.repeats
     frame = trials[trials["experiment"] == cfg.experiment.name]
     trainings = max(1, len(cfg.study.train_seeds))
@@ -391,13 +355,9 @@ def proxy_score_rows(cfg: Any, init: Mapping[str, Any], genotype_ids: Sequence[s
     return rows
 
 
-def finish_proxy_study(cfg: Any) -> Path:
-    """Join init scores with the trials, write the `proxies` table and the scatter plots.
-
-    Returns the path of the plot (RESULTS_DIR/plots/proxies_scatter.png).
-    """
-    import pandas as pd
-
+def write_proxy_tables(cfg: Any) -> list[dict[str, Any]]:
+    """Join init scores with the trials and write the `proxies` and `proxy_scores` tables;
+    returns the `proxies` rows (`harness.pipeline.finish_proxy_study` also draws the plots)."""
     results_dir = cfg.results_dir
     if not store.table_files(results_dir, "trials"):
         raise UserError(f"{results_dir}: no `trials` rows to join the proxies with; run `metantk-nas run` first")
@@ -409,23 +369,4 @@ def finish_proxy_study(cfg: Any) -> Path:
     store.write_rows(results_dir, "proxies", PROXIES_KEY, rows)
     store.write_rows(results_dir, SCORES_TABLE, PROXIES_KEY,
                      proxy_score_rows(cfg, init, [r["genotype_id"] for r in rows]))
-    layout = store.results_layout(results_dir)
-    if cfg.study.zero_cost:
-        from harness.leaderboard import write_figures
-
-        write_figures(pd.DataFrame(rows), store.read_table(results_dir, SCORES_TABLE), layout.plots,
-                      title=f"{cfg.experiment.name}: {len(rows)} genotypes")
-    return plot_proxies(pd.DataFrame(rows), layout.plots / PLOT_FILE, n_boot=cfg.study.n_boot,
-                        title=f"{cfg.experiment.name}: proxies at initialisation vs accuracy after training "
-                              f"({len(rows)} genotypes)")
-
-
-def plot_proxies(frame: Any, path: Path, *, n_boot: int = 1000, seed: int = 0, title: str = "") -> Path:
-    """The proxy scatter (`harness.figures.proxy_scatter_figure`) as `path` (PNG) and the same
-    stem as SVG, written atomically; returns `path`. Drawn with matplotlib's object API: the
-    caller's backend is left alone."""
-    from harness.figures import proxy_scatter_figure, save_figure
-
-    fig = proxy_scatter_figure(frame, n_boot=n_boot, seed=seed, title=title)
-    save_figure(fig, Path(path).with_suffix(""), formats=("png", "svg"))
-    return Path(path)
+    return rows

@@ -376,43 +376,6 @@ def resolve_eval_settings(ckpt: dict[str, Any], o: EvalOverrides) -> EvalSetting
     return settings
 
 
-def evaluate_model_file(path: str | Path, overrides: EvalOverrides, device: Any, *, progress: bool = False
-                        ) -> tuple[EvalSettings, dict[int, tuple[float, float]]]:
-    """Few-shot accuracy of a model file: (settings used, shots -> (mean, 95% half-width)).
-
-    With no overrides this is the trial's own evaluation on its stored episode lists (found in
-    RESULTS_DIR/episode_lists beside the model's RESULTS_DIR/models, checked by content hash),
-    so it reproduces the trial's accuracy exactly. Otherwise episodes are sampled afresh.
-    """
-    from trainers.episodes import sample_episodes
-    from trainers.fewshot import mean_confidence_interval
-
-    ckpt = read_model_file(path)
-    settings = resolve_eval_settings(ckpt, overrides)
-    model = build_network(ckpt["genotype"], ckpt["channels"], ckpt["num_classes"], ckpt["cells"], ckpt["in_channels"])
-    model.load_state_dict(ckpt["model"])
-    split = settings.data().load(settings.split)
-    if int(split.images.shape[1]) != ckpt["in_channels"]:
-        raise ValueError(f"{settings.dataset} images have {split.images.shape[1]} channels but the model expects "
-                         f"{ckpt['in_channels']}; evaluate on a dataset like the one it was trained on")
-    if settings.episode_lists:
-        places = [Path(path).resolve().parent.parent / EPISODE_DIR]
-        return settings, evaluate_trained(model, settings, split, device, places, progress=progress)[0]
-    from harness.preflight import check_split_contents
-
-    # names the short classes (not an index within the split), before any episode is drawn
-    check_split_contents(split, ways=settings.ways, need=max(settings.shots) + settings.queries,
-                         what="evaluation episodes", keys="--ways/--shots/--queries")
-    summary = {}
-    for shots in settings.shots:
-        episodes = sample_episodes(split.labels, ways=settings.ways, shots=shots, queries=settings.queries,
-                                   count=settings.episodes, seed=episode_list_seed(settings.episode_seed, shots))
-        accs = evaluate_with_settings(model, settings, split, episodes, shots, device, progress=progress)
-        mean, half = mean_confidence_interval(accs)
-        summary[shots] = (float(mean), float(half))
-    return settings, summary
-
-
 def trial_label(spec: TrialSpec) -> str:
     """Short name of a trial for Tune's status table: the trial id without its dataset prefix
     (one experiment has one dataset), e.g. `metantk-s0-c3`."""
@@ -629,6 +592,11 @@ def record_epoch(results_dir: str | Path, spec: TrialSpec, metrics: dict[str, An
     return write_history_table(results_dir, spec.trial_id, list(rows.values()))
 
 
+def record_epoch_of(results_dir: str | Path, spec: dict[str, Any], metrics: dict[str, Any]) -> Path:
+    """`record_epoch` of a trial given as `TrialSpec.to_dict()` (as Tune's callback holds it)."""
+    return record_epoch(results_dir, TrialSpec.from_dict(spec), metrics)
+
+
 # Bumped when the trainable's config layout changes, so a Tune experiment written by older
 # code is never restored into a trainable that cannot read its config.
 _PARAM_LAYOUT = 5
@@ -649,18 +617,16 @@ def run_trials(cfg: ExperimentConfig, specs: list[TrialSpec], *, verbose: int = 
     """
     from ray import tune
 
-    from harness.ray_session import attached, ensure_ray, trial_resources
+    from harness.ray_session import ensure_ray, trial_resources
 
     report_set_aside(store.set_aside_unreadable(cfg.results_dir, ("trials", "episodes")))
     if not missing_trials(cfg.results_dir, specs):
         return sorted(finished_trials(cfg.results_dir))
     ensure_episode_lists(cfg)
-    storage, explicit = tune_storage(cfg)
+    storage, _ = tune_storage(cfg)
+    # On a cluster the caller has checked the nodes and the storage first
+    # (`harness.pipeline.check_cluster_storage`).
     cluster = ensure_ray(cfg.resources.address, cfg.resources.num_cpus)
-    if attached(cfg.resources.address):
-        from harness.cluster_checks import check_cluster
-
-        check_cluster(cfg, storage, explicit)
     labels = {trial_label(s): s.to_dict() for s in specs}
     if len(labels) != len(specs):
         raise ValueError(f"trial labels are not unique: {sorted(trial_label(s) for s in specs)}")
@@ -737,7 +703,8 @@ def _tuner(cfg: ExperimentConfig, trainable: Any, labels: dict[str, dict[str, An
     from harness.tune_callbacks import TrialRowsCallback
 
     path = f"{storage.rstrip('/')}/{name}"
-    callbacks = [TrialRowsCallback(cfg.results_dir, labels, code_version())]
+    callbacks = [TrialRowsCallback(cfg.results_dir, labels, code_version(), record_epoch=record_epoch_of,
+                                   collect_outputs=collect_trial_outputs)]
     if tune.Tuner.can_restore(str(path)):
         # Restoring takes the run config (callbacks included) from the stored experiment; this
         # run's callback, with this run's results folder, replaces the stored one (Ray 2.60's

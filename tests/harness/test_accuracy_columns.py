@@ -102,7 +102,9 @@ def test_report_of_a_two_shot_results_folder(tmp_path: Path) -> None:
     for method, acc in (("metantk", 0.75), ("random", 0.70)):
         row = _trial_row(method, 0, {2: acc})
         store.write_rows(tmp_path, "trials", row["trial_id"], [row])
-    text = report.build_report(tmp_path, n_boot=0).markdown
+    from harness.pipeline import build_report
+
+    text = build_report(tmp_path, n_boot=0).markdown
     assert "2-shot (%)" in text and "75.00" in text and "1-shot" not in text
 
 
@@ -113,7 +115,7 @@ def test_correlations_use_the_proxies_shots() -> None:
 
 
 def test_study_axis_label_comes_from_the_column() -> None:
-    from harness.study import target_label
+    from harness.report import target_label
 
     assert target_label("acc_1shot") == "5-way 1-shot accuracy"
     assert target_label("acc_3shot") == "5-way 3-shot accuracy"

@@ -69,7 +69,8 @@ def test_a_model_file_holds_its_evaluation_as_plain_data(trial):
 
 @pytest.mark.parametrize("support_augment", [0, 2])
 def test_evaluate_with_no_flag_reproduces_the_trial_exactly(trial, support_augment):
-    from harness.trials import EvalOverrides, evaluate_model_file
+    from harness.pipeline import evaluate_model_file
+    from harness.trials import EvalOverrides
 
     path, _, summary = trial(support_augment)
     settings, again = evaluate_model_file(path, EvalOverrides(), "cpu")

@@ -125,7 +125,8 @@ def test_evaluate_command_on_a_trained_model(finished, capsys):
 
 
 def test_evaluate_with_only_the_checkpoint_reproduces_each_trial(finished):
-    from harness.trials import EvalOverrides, evaluate_model_file
+    from harness.pipeline import evaluate_model_file
+    from harness.trials import EvalOverrides
 
     cfg, specs = finished
     trials = store.read_table(cfg.results_dir, "trials").set_index("trial_id")

@@ -12,7 +12,8 @@ from harness import scoring, store
 from harness.config import parse_config
 from harness.errors import UserError
 from harness.scoring import generator
-from harness.study import (INIT_FILE, PLOT_FILE, PROXY_COLUMNS, aggregate, finish_proxy_study,
+from harness.pipeline import finish_proxy_study
+from harness.study import (INIT_FILE, PLOT_FILE, PROXY_COLUMNS, aggregate,
                            geometric_mean_cn, load_init, proxy_specs, score_proxies)
 
 
@@ -186,7 +187,7 @@ def write_trials(cfg, rows, accs):
 
 
 def test_finish_writes_proxy_rows_plots_and_the_report_shows_them(scored):
-    from harness.report import build_report
+    from harness.pipeline import build_report
 
     cfg, rows, results = scored
     accs = [(0.4, 0.6), (0.5, 0.7), (0.3, 0.55)]
@@ -224,7 +225,7 @@ def test_finish_refuses_trials_without_scores(scored, tmp_path):
 
 
 def test_infinite_condition_numbers_are_plotted_and_kept(tmp_path):
-    from harness.study import plot_proxies
+    from harness.figures import plot_proxies
 
     frame = pd.DataFrame({
         "dataset": "d", "cn_metantk_maml": [10.0, math.inf, 100.0, 50.0], "cn_metantk_anil": [1.0, 2.0, 3.0, 4.0],
@@ -236,9 +237,11 @@ def test_infinite_condition_numbers_are_plotted_and_kept(tmp_path):
 
 @pytest.mark.slow
 def test_ray_pool_gives_the_inline_scores(scored, ray_session, tmp_path):
-    """Through `harness.cmd_search.start_pool` (Ray actors), as `metantk-nas run` does."""
+    """Through `harness.pipeline.start_pool` (Ray actors), as `metantk-nas run` does."""
+    from harness.pipeline import proxy_stage
+
     cfg, rows, results = scored
     cfg2 = tiny_config(tmp_path).replace("resources", workers=2)
-    got = np.array(_values(score_proxies(cfg2, rows[:2], progress=False)))
+    got = np.array(_values(proxy_stage(cfg2, rows[:2], progress=False)))
     # Equal up to float summation order: Ray workers run torch with one thread.
     np.testing.assert_allclose(got, np.array(_values(results[:2])), rtol=1e-3)

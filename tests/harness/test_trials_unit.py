@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import report, store, trials
+from harness import store, trials
 from harness.config import parse_config
+from harness.pipeline import build_report
 from search_spaces.genotypes import resolve_genotype
 
 
@@ -54,7 +55,7 @@ def test_a_trial_of_any_shot_counts_end_to_end(tmp_path: Path, shots: list[int])
     episodes = store.read_table(cfg.results_dir, "episodes")
     assert sorted(set(episodes["shots"])) == sorted(shots) and len(episodes) == 3 * len(shots)
     assert json.loads(rows["config_json"].iloc[0])["evaluate"]["shots"] == shots
-    text = report.build_report(cfg.results_dir, n_boot=0).markdown
+    text = build_report(cfg.results_dir, n_boot=0).markdown
     assert all(f"{k}-shot (%)" in text for k in shots)
     assert ("5-shot" in text) == (5 in shots)
 
