@@ -248,61 +248,91 @@ def _section(name: str, cls: type, raw: Any, source: str) -> Any:
         raise ConfigError(f"{source}: [{name}] is incomplete: {exc}") from None
 
 
-def _positive(cfg: ExperimentConfig) -> None:
-    """Cross-field and range checks, each naming the key."""
-    src = cfg.source
-    s = cfg.search
+def _require(cfg: ExperimentConfig, cond: bool, key: str, what: str) -> None:
+    """ConfigError "<file>: <key> <what>" unless `cond`."""
+    if not cond:
+        raise ConfigError(f"{cfg.source}: {key} {what}")
 
-    def need(cond: bool, key: str, what: str) -> None:
-        if not cond:
-            raise ConfigError(f"{src}: {key} {what}")
 
+def check_experiment(cfg: ExperimentConfig) -> None:
+    """[experiment] name is a plain folder name."""
     problem = plain_name_problem(cfg.experiment.name)
-    need(problem is None, "experiment.name", f"= {cfg.experiment.name!r} {problem}")
+    _require(cfg, problem is None, "experiment.name", f"= {cfg.experiment.name!r} {problem}")
+
+
+def check_search(cfg: ExperimentConfig) -> None:
+    """[search]: known methods, each once; distinct seeds; cell counts, sizes and the kernel's
+    inner time and regulariser in range."""
+    s = cfg.search
     for m in s.methods:
         if m.startswith(GENOTYPE_METHOD_PREFIX):
             continue
-        need(m in valid_methods(), "search.methods",
-             f"contains unknown method {m!r}; valid: {', '.join(valid_methods())}, or 'genotype:NAME'")
-    need(len(s.methods) > 0 and len(set(s.methods)) == len(s.methods), "search.methods",
-         "must list at least one method, each once")
-    need(len(s.seeds) > 0 and len(set(s.seeds)) == len(s.seeds), "search.seeds", "must list distinct seeds")
-    need(all(c >= 2 for c in s.cells), "search.cells", f"= {list(s.cells)}: every cell count must be >= 2")
+        _require(cfg, m in valid_methods(), "search.methods",
+                 f"contains unknown method {m!r}; valid: {', '.join(valid_methods())}, or 'genotype:NAME'")
+    _require(cfg, len(s.methods) > 0 and len(set(s.methods)) == len(s.methods), "search.methods",
+             "must list at least one method, each once")
+    _require(cfg, len(s.seeds) > 0 and len(set(s.seeds)) == len(s.seeds), "search.seeds", "must list distinct seeds")
+    _require(cfg, all(c >= 2 for c in s.cells), "search.cells", f"= {list(s.cells)}: every cell count must be >= 2")
     for key in ("init_channels", "tasks", "ways", "shots", "queries", "kernel_image_size", "repeats",
                 "region_inputs", "region_batches", "candidates_per_job"):
-        need(getattr(s, key) >= 1, f"search.{key}", f"= {getattr(s, key)} must be >= 1")
-    need(s.kernel_image_size >= 8, "search.kernel_image_size", "must be >= 8 (two reductions)")
-    need(s.inner_time >= 0, "search.inner_time", f"= {s.inner_time} must be >= 0 (or \"inf\")")
-    need(s.reg >= 0 and math.isfinite(s.reg), "search.reg", f"= {s.reg} must be a finite number >= 0")
-    need(s.ways >= 2, "search.ways", "must be >= 2")
+        _require(cfg, getattr(s, key) >= 1, f"search.{key}", f"= {getattr(s, key)} must be >= 1")
+    _require(cfg, s.kernel_image_size >= 8, "search.kernel_image_size", "must be >= 8 (two reductions)")
+    _require(cfg, s.inner_time >= 0, "search.inner_time", f"= {s.inner_time} must be >= 0 (or \"inf\")")
+    _require(cfg, s.reg >= 0 and math.isfinite(s.reg), "search.reg", f"= {s.reg} must be a finite number >= 0")
+    _require(cfg, s.ways >= 2, "search.ways", "must be >= 2")
+
+
+def check_evaluate(cfg: ExperimentConfig) -> None:
+    """[evaluate]: episode shapes and the logistic regression's C."""
     e = cfg.evaluate
-    need(e.ways >= 2, "evaluate.ways", f"= {e.ways} must be >= 2")
-    need(len(e.shots) > 0 and all(k >= 1 for k in e.shots), "evaluate.shots", "must list shot counts >= 1")
-    need(e.queries >= 1 and e.episodes >= 1, "evaluate.queries/episodes", "must be >= 1")
-    need(e.C > 0, "evaluate.C", "must be > 0")
+    _require(cfg, e.ways >= 2, "evaluate.ways", f"= {e.ways} must be >= 2")
+    _require(cfg, len(e.shots) > 0 and all(k >= 1 for k in e.shots), "evaluate.shots", "must list shot counts >= 1")
+    _require(cfg, e.queries >= 1 and e.episodes >= 1, "evaluate.queries/episodes", "must be >= 1")
+    _require(cfg, e.C > 0, "evaluate.C", "must be > 0")
+
+
+def check_resources(cfg: ExperimentConfig) -> None:
+    """[resources]: worker and CPU counts, GPU shares Ray accepts, retries."""
     r = cfg.resources
-    need(r.workers >= 0 and r.num_cpus >= 0, "resources.workers/num_cpus", "must be >= 0")
-    need(r.gpus_per_worker > 0, "resources.gpus_per_worker", "must be > 0")
+    _require(cfg, r.workers >= 0 and r.num_cpus >= 0, "resources.workers/num_cpus", "must be >= 0")
+    _require(cfg, r.gpus_per_worker > 0, "resources.gpus_per_worker", "must be > 0")
     for key in ("gpus_per_worker", "trial_gpus"):
         # Ray refuses a fractional request above one GPU ("1.5 GPUs"), only when the work starts
         value = getattr(r, key)
-        need(value <= 1 or float(value).is_integer(), f"resources.{key}",
-             f"= {value:g} must be a fraction of one GPU (<= 1) or a whole number of GPUs")
-    need(r.max_failures >= 0, "resources.max_failures", "must be >= 0")
-    need(cfg.study.repeats >= 1 and cfg.study.n_boot >= 1, "study.repeats/n_boot", "must be >= 1")
+        _require(cfg, value <= 1 or float(value).is_integer(), f"resources.{key}",
+                 f"= {value:g} must be a fraction of one GPU (<= 1) or a whole number of GPUs")
+    _require(cfg, r.max_failures >= 0, "resources.max_failures", "must be >= 0")
+
+
+def check_study(cfg: ExperimentConfig) -> None:
+    """[study]: repeats and resamples, known zero-cost proxies (each once, with proxies on),
+    distinct training seeds."""
     st = cfg.study
+    _require(cfg, st.repeats >= 1 and st.n_boot >= 1, "study.repeats/n_boot", "must be >= 1")
     for p in st.zero_cost:
-        need(p in PROXY_NAMES, "study.zero_cost", f"contains unknown proxy {p!r}; valid: {', '.join(PROXY_NAMES)}")
-    need(len(set(st.zero_cost)) == len(st.zero_cost), "study.zero_cost", "must list each proxy once")
-    need(not st.zero_cost or st.proxies, "study.zero_cost", "needs [study] proxies = true (they are scored with them)")
-    need(len(set(st.train_seeds)) == len(st.train_seeds), "study.train_seeds", "must list distinct seeds")
+        _require(cfg, p in PROXY_NAMES, "study.zero_cost",
+                 f"contains unknown proxy {p!r}; valid: {', '.join(PROXY_NAMES)}")
+    _require(cfg, len(set(st.zero_cost)) == len(st.zero_cost), "study.zero_cost", "must list each proxy once")
+    _require(cfg, not st.zero_cost or st.proxies, "study.zero_cost",
+             "needs [study] proxies = true (they are scored with them)")
+    _require(cfg, len(set(st.train_seeds)) == len(st.train_seeds), "study.train_seeds", "must list distinct seeds")
+
+
+def check_train(cfg: ExperimentConfig) -> None:
+    """[train]: overrides are >= 0 (0 = the recipe's value)."""
     t = cfg.train
-    need(t.epochs >= 0 and t.lr >= 0 and t.batch_size >= 0 and t.init_channels >= 0, "train.*",
-         "epochs, lr, batch_size and init_channels must be >= 0 (0 = recipe default)")
+    _require(cfg, t.epochs >= 0 and t.lr >= 0 and t.batch_size >= 0 and t.init_channels >= 0, "train.*",
+             "epochs, lr, batch_size and init_channels must be >= 0 (0 = recipe default)")
+
+
+# The value and cross-field checks of a parsed config, one per table, in this order (the
+# first problem found is reported). Range bounds: `check_bounds`; what the trainer and the
+# scorers would refuse later: `_refuse_late_failures`.
+CHECKS = (check_experiment, check_search, check_evaluate, check_resources, check_study, check_train)
 
 
 # ----------------------------------------------------------------------------- names and bounds
-# of hostile input (names, sizes, paths). Kept apart from `_positive` so other checks merge cleanly.
+# of hostile input (names, sizes, paths). Kept apart from CHECKS so other checks merge cleanly.
 
 _NAME_MAX = 100
 
@@ -396,7 +426,8 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>") -> Experimen
     parts = {name: _section(name, cls, data.get(name, {}), source) for name, cls in SECTIONS.items()}
     cfg = ExperimentConfig(**parts, source=source)
     cfg = _resolve_kernel_by_cells(cfg)
-    _positive(cfg)
+    for check in CHECKS:
+        check(cfg)
     _refuse_late_failures(cfg)
     check_bounds(cfg)
     return cfg
