@@ -15,7 +15,8 @@ another machine. It gets its episode lists as data, reports each epoch, and its 
 checkpoint carries the model file and its rows; the driver writes them
 (`harness.tune_callbacks.TrialRowsCallback`).
 
-Only `ray.tune.*` APIs are used inside the trainable (ray 2.60).
+Only `ray.tune.*` APIs are used inside the trainable (ray 2.60); its work is
+`train_and_evaluate`, which runs without Tune (and is tested so).
 """
 from __future__ import annotations
 
@@ -485,7 +486,7 @@ def model_file_path(results_dir: str | Path, trial_id: str) -> Path:
 def save_model_file(model: Any, spec: TrialSpec, meta: dict[str, Any], settings: EvalSettings) -> Path:
     """Write `RESULTS/models/<trial_id>.pt` atomically: the weights, the network's plain
     metadata (MODEL_KEYS), the training config and the evaluation settings, so the file alone
-    rebuilds the network and reproduces the trial's evaluation (`evaluate_model_file`).
+    rebuilds the network and reproduces the trial's evaluation (`harness.pipeline.evaluate_model_file`).
     Only tensors and plain values: it loads with `torch.load(weights_only=True)`."""
     path = model_file_path(spec.results_dir, spec.trial_id)
     store.write_atomic(path, lambda handle: _save_model(handle, model, spec, meta, settings))
