@@ -12,12 +12,13 @@ Parquet column and the trial's `config_json`):
   `inner_time`, `reg` of the search's cell count);
 - `RegionSpec`: the `[search]` keys of the linear-region count;
 - `EvaluationSpec`: `[evaluate]`;
-- the training recipe: `trainers.rfs.TrainConfig` (`config.train_config_for`), carried as a dict.
+- the training recipe: `trainers.rfs.TrainConfig` (`train_config_for`), carried as a dict.
 
 `ScoreSpec` (data, network, kernel, regions) fixes the networks and batches of a search;
 `TrialSpec` (ids, data, network, train, evaluate) is everything a trial needs as plain values.
 Specs are plain data: a TrialSpec travels through Tune as `to_dict()` and comes back with
-`TrialSpec.from_dict`.
+`TrialSpec.from_dict`. This module imports nothing of the harness (the config imports it):
+it sits on the ground floor of the harness's imports.
 """
 from __future__ import annotations
 
