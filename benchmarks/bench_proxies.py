@@ -40,7 +40,7 @@ def main() -> None:
     cells = args.cells or cfg.search.cells[0]
     spec = spec_from_config(cfg, cells)
     if args.channels:
-        spec = dataclasses.replace(spec, init_channels=args.channels)
+        spec = dataclasses.replace(spec, network=dataclasses.replace(spec.network, init_channels=args.channels))
     scorer = Scorer(spec, torch.device(args.device))
     measures = tuple(f"proxy:{n}" for n in PROXY_NAMES)
     seconds: dict[str, list[float]] = {m: [] for m in measures}
@@ -50,8 +50,9 @@ def main() -> None:
         if r:
             for m in measures:
                 seconds[m].append(score.proxy_seconds[m])
-    print(f"# {args.experiment}: {cells} cells, C = {spec.init_channels}, {spec.tasks * spec.ways * (spec.shots + spec.queries)}"
-          f" images at {spec.kernel_image_size}px, {args.device}, {args.threads} thread(s), "
+    print(f"# {args.experiment}: {cells} cells, C = {spec.network.init_channels}, "
+          f"{spec.kernel.tasks * spec.kernel.ways * (spec.kernel.shots + spec.kernel.queries)}"
+          f" images at {spec.kernel.kernel_image_size}px, {args.device}, {args.threads} thread(s), "
           f"min of {args.repeats} genotypes ({time.strftime('%Y-%m-%d %H:%M')})")
     print("| proxy | seconds |\n|---|---|")
     for m in measures:

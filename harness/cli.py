@@ -1,7 +1,10 @@
 """The `metantk-nas` command line.
 
 Each subcommand lives in its own `harness.cmd_*` module that exposes
-`register(subparsers) -> None`; the parser it adds sets `func=callable(args) -> int`.
+`register(subparsers) -> None`; the parser it adds sets `func=cmd_<command>(args) -> int`,
+which parses its arguments and calls `harness.pipeline` (or a library function). The flags
+shared by the commands that run an experiment are here (`add_common_experiment_args`,
+`load_experiment`).
 `main` turns the library's expected failures (bad input: `UserError` and friends) into one
 clear line on stderr and exit status 2, never a bare traceback.
 """
@@ -10,7 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 from harness.errors import UserError
 
@@ -20,7 +23,8 @@ INPUT_ERRORS = (UserError, ValueError, KeyError, FileNotFoundError, NotADirector
 # Order = order in `--help`. Modules are imported when the parser is built; they keep heavy
 # imports (torch, ray) inside their command functions so `--help` stays fast.
 COMMAND_MODULES: tuple[str, ...] = (
-    "harness.cmd_space",     # genotypes, render
+    "harness.cmd_genotypes",  # genotypes
+    "harness.cmd_render",     # render
     "harness.cmd_data",      # data inspect
     "harness.cmd_kernels",   # verify-kernels
     "harness.cmd_search",    # search
@@ -31,6 +35,42 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 
 DEBUG_HELP = "show full tracebacks on errors (accepted before or after the subcommand)"
+
+
+def add_common_experiment_args(p: argparse.ArgumentParser) -> None:
+    """The flags of the commands that run an experiment file (search, run, train)."""
+    p.add_argument("experiment", help="experiment TOML file (see experiments/)")
+    p.add_argument("--workers", type=int, default=None, help="scorer actors (default: one per GPU, else per CPU)")
+    p.add_argument("--address", default=None,
+                   help="Ray address: 'auto' attaches to a running cluster (default: start a local Ray; "
+                        "RAY_ADDRESS is honoured)")
+    p.add_argument("--storage", default=None,
+                   help="Tune's storage for trial checkpoints (default: RESULTS_DIR/tune; on a multi-node cluster "
+                        "a folder every node mounts, or a URI such as s3://bucket/path)")
+    p.add_argument("--out", default=None, help="results root (default: [experiment] out, usually results/)")
+    p.add_argument("--root", default=None, help="dataset root folder (overrides [dataset] root)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all cores)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="TABLE.KEY=VALUE",
+                   help="override one key of the experiment file, typed and validated like the file "
+                        "(repeatable; applied last; recorded in RESULTS_DIR/config.toml), e.g. "
+                        "--set search.init_channels=8 --set evaluate.episodes=20")
+    p.add_argument("--fresh", action="store_true",
+                   help="start over: move the folder's old results and state into RESULTS_DIR/previous/<time>/ "
+                        "(nothing is deleted)")
+
+
+def load_experiment(args: argparse.Namespace) -> Any:
+    """The validated `ExperimentConfig` of `add_common_experiment_args`' flags."""
+    from harness.config import load_config
+
+    overrides = {
+        "experiment": {"out": args.out},
+        "dataset": {"root": args.root},
+        "resources": {"workers": args.workers, "address": args.address, "num_cpus": args.num_cpus,
+                      "storage": args.storage},
+    }
+    return load_config(args.experiment, overrides, sets=args.sets)
 
 
 def package_version() -> str:

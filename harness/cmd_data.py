@@ -36,7 +36,7 @@ def register(subparsers: Any) -> None:
 
     lister = sub.add_parser("list", help="registered datasets with one-line descriptions",
                             description="List the registered datasets.")
-    lister.set_defaults(func=run_list)
+    lister.set_defaults(func=cmd_data_list)
 
     inspect = sub.add_parser(
         "inspect", help="classes and images per split, image shape, dtype",
@@ -54,7 +54,7 @@ def register(subparsers: Any) -> None:
     inspect.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                          help="dataset-specific option, repeatable (see below)")
     inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
-    inspect.set_defaults(func=run_inspect)
+    inspect.set_defaults(func=cmd_data_inspect)
 
 
 def parse_option(text: str) -> tuple[str, Any]:
@@ -75,7 +75,7 @@ def parse_option(text: str) -> tuple[str, Any]:
     return key.strip(), scalar(raw)
 
 
-def run_list(args: argparse.Namespace) -> int:
+def cmd_data_list(args: argparse.Namespace) -> int:
     from trainers.data import DATASETS
 
     width = max(len(name) for name in DATASETS)
@@ -106,7 +106,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_inspect(args: argparse.Namespace) -> int:
+def cmd_data_inspect(args: argparse.Namespace) -> int:
     from trainers.data import inspect_dataset
 
     options = dict(parse_option(text) for text in args.option)

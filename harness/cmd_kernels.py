@@ -37,10 +37,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="no progress display (default: a bar on a terminal, a line every 10 s otherwise)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (default 1: faster for these small matrices)")
-    parser.set_defaults(func=run_verify_kernels)
+    parser.set_defaults(func=cmd_verify_kernels)
 
 
-def run_verify_kernels(args: argparse.Namespace) -> int:
+def cmd_verify_kernels(args: argparse.Namespace) -> int:
     """Print the error table; 0 when errors (a) and (b) shrink with width, else 1."""
     from harness.theory_report import kernel_report, write_kernel_outputs
     from trainers import theory

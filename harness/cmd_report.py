@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "n_boot of RESULTS_DIR/config.toml, else 1000)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the bootstrap resampling (default 0)")
-    parser.set_defaults(func=run_report)
+    parser.set_defaults(func=cmd_report)
 
 
 def default_n_boot(results_dir: Path) -> int:
@@ -50,9 +50,9 @@ def default_n_boot(results_dir: Path) -> int:
         return 1000
 
 
-def run_report(args: argparse.Namespace) -> int:
+def cmd_report(args: argparse.Namespace) -> int:
     """Print the Markdown report and, unless --no-write, the paths written."""
-    from harness.report import build_report, write_report
+    from harness.pipeline import build_report, write_report
 
     if args.n_boot is None:
         args.n_boot = default_n_boot(args.results_dir)

@@ -4,97 +4,44 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from harness.cmd_search import add_common_experiment_args, load_experiment, results_folder, run_search_stage
+from harness.cli import add_common_experiment_args, load_experiment
 
 
-def _report(cfg: Any) -> None:
-    from harness.report import write_report
-
-    # The study's bootstrap settings apply to the report's correlation table too.
-    files = write_report(cfg.results_dir, n_boot=cfg.study.n_boot, seed=0)
+def _print_report(files: Any) -> None:
     print(files.markdown)
     print("report files:")
     for line in files.summary():
         print(f"  {line}")
 
 
-def check_cluster_storage(cfg: Any) -> None:
-    """Attached to a cluster: its nodes see the dataset and Tune's storage suits it
-    (`harness.cluster_checks.check_cluster`). Nothing on the embedded local Ray."""
-    from harness.ray_session import attached, ensure_ray
-
-    if attached(cfg.resources.address):
-        from harness.cluster_checks import check_cluster
-        from harness.trials import tune_storage
-
-        ensure_ray(cfg.resources.address, cfg.resources.num_cpus)
-        check_cluster(cfg, *tune_storage(cfg))
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    from harness.trials import run_trials, trial_specs
+    from harness.pipeline import results_folder, run_experiment
 
     cfg = load_experiment(args)
-    with results_folder(cfg, args, search=True, train=True):
-        check_cluster_storage(cfg)  # on a cluster: before the searches, not when the trials start
-        # A rerun always resumes: finished rounds, searches and trials are not redone.
-        searches = run_search_stage(cfg, resume=True, progress=not args.no_progress)
-        if cfg.study.proxies:
-            from harness.study import score_proxies
-
-            score_proxies(cfg, searches, progress=not args.no_progress)
-        run_trials(cfg, trial_specs(cfg, searches), verbose=0 if args.no_progress else 1)
-        if cfg.study.proxies:
-            from harness.study import finish_proxy_study
-
-            finish_proxy_study(cfg)
-        _report(cfg)
+    with results_folder(cfg, fresh=args.fresh, search=True, train=True):
+        _print_report(run_experiment(cfg, progress=not args.no_progress))
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train and evaluate given genotypes (no search) as Tune trials of the experiment."""
-    from harness import store
-    from harness.search import kernel_columns, network_params
-    from harness.trials import run_trials, trial_specs
+    from harness.pipeline import results_folder, train_genotypes
     from search_spaces.genotypes import resolve_genotype
 
     cfg = load_experiment(args)
-    genotypes = [resolve_genotype(text) for text in args.genotype]  # a malformed one: before any write
-    with results_folder(cfg, args, search=False, train=True):
-        _train_genotypes(cfg, args, genotypes)
+    genotypes = [(text, resolve_genotype(text)) for text in args.genotype]  # a malformed one: before any write
+    with results_folder(cfg, fresh=args.fresh, search=False, train=True):
+        _print_report(train_genotypes(cfg, genotypes, progress=not args.no_progress))
     return 0
-
-
-def _train_genotypes(cfg: Any, args: argparse.Namespace, genotypes: list[Any]) -> None:
-    from harness import store
-    from harness.provenance import code_version
-    from harness.search import kernel_columns, network_params
-    from harness.trials import run_trials, trial_specs
-
-    rows = []
-    for i, (text, genotype) in enumerate(zip(args.genotype, genotypes)):
-        label = text if text.replace("_", "").replace("-", "").isalnum() else f"custom{i}"
-        for seed in cfg.search.seeds:
-            for cells in cfg.search.cells:
-                search_id = f"{cfg.dataset.name}-genotype-{label}-s{seed}-c{cells}"
-                row = {"experiment": cfg.experiment.name, "dataset": cfg.dataset.name, "method": f"genotype:{label}",
-                       "seed": seed, "cells": cells, "search_id": search_id, "genotype": genotype.to_str(),
-                       "rounds": 0, "candidates": 0, "wall_seconds": 0.0, "device_seconds": 0.0, "workers": 0,
-                       "device_kind": "none", "params": network_params(cfg, genotype, cells),
-                       **kernel_columns(cfg, "genotype", cells), "git_sha": code_version()}
-                store.write_rows(cfg.results_dir, "searches", search_id, [row])
-                rows.append(row)
-    run_trials(cfg, trial_specs(cfg, rows), verbose=0 if args.no_progress else 1)
-    _report(cfg)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Few-shot accuracy of a trained model file: by default exactly its trial's evaluation."""
     import torch
 
+    from harness.pipeline import evaluate_model_file
     from harness.preflight import check_memory, episode_bytes, machine_memory_bytes
-    from harness.trials import EvalOverrides, evaluate_model_file
+    from harness.trials import EvalOverrides
 
     overrides = EvalOverrides(dataset=args.dataset, root=args.root, split=args.split, image_size=args.image_size,
                               data_seed=args.data_seed, ways=args.ways, shots=args.shots, queries=args.queries,

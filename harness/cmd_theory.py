@@ -44,10 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="no progress display (default: a bar on a terminal, a line every 10 s otherwise)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (default 1: faster for these small matrices)")
-    parser.set_defaults(func=run_verify_theory)
+    parser.set_defaults(func=cmd_verify_theory)
 
 
-def run_verify_theory(args: argparse.Namespace) -> int:
+def cmd_verify_theory(args: argparse.Namespace) -> int:
     """Print the table and the files written; 0 when the Theorem-2 error shrinks, else 1."""
     from harness.theory_report import theory_report, write_theory_outputs
     from trainers import theory

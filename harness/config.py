@@ -18,46 +18,13 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence, get_args, get_origin, get_type_hints
 
 from harness.errors import ConfigError
-from kernels.proxy_names import PROXY_NAMES
+from harness.methods import (FIXED_METHODS, GENOTYPE_METHOD_PREFIX, METHOD_ORDER, PAPER_PRUNING_METHODS,  # noqa: F401
+                             PROXY_MEASURE_PREFIX, PROXY_WITH_REGIONS, PRUNING_METHODS, valid_methods)
 from harness.ranking import RANKING_MODES
+from harness.specs import absolute_root, train_config_for  # noqa: F401  (the spec side of the config)
+from kernels.proxy_names import PROXY_NAMES
 
-# Methods that prune the supernet with scores, and what each one measures (design section 5).
-PRUNING_METHODS: dict[str, tuple[str, ...]] = {
-    "metantk": ("cn_meta", "rn"),
-    "tenas": ("cn_ntk", "rn"),
-    "regions": ("rn",),
-    "cn-only": ("cn_meta",),
-}
-# The paper's four pruning methods (the proxy methods below join PRUNING_METHODS after them).
-PAPER_PRUNING_METHODS: tuple[str, ...] = tuple(PRUNING_METHODS)
-# --- Zero-cost proxy search methods (kept in this one block) ---------------------------
-# "<proxy>" prunes with that proxy of kernels.proxies alone and "<proxy>+regions" with the
-# proxy and the linear regions, both through Algorithm 1's ranking (harness.ranking:
-# `oriented_delta`). "regions" is already a method of its own. Measure "proxy:<name>".
-PROXY_MEASURE_PREFIX = "proxy:"
-PROXY_WITH_REGIONS = "+regions"
-PRUNING_METHODS.update(
-    {f"{name}{suffix}": (f"{PROXY_MEASURE_PREFIX}{name}", *extra)
-     for name in PROXY_NAMES if name != "regions"
-     for suffix, extra in (("", ()), (PROXY_WITH_REGIONS, ("rn",)))})
-# -------------------------------------------------------------------------------------------
-# Methods that produce a genotype without scoring.
-FIXED_METHODS: tuple[str, ...] = ("random", "metanas")
-# Display order of the methods in reports (design section 5); other methods follow alphabetically.
-METHOD_ORDER: tuple[str, ...] = (*PAPER_PRUNING_METHODS, *FIXED_METHODS)
-GENOTYPE_METHOD_PREFIX = "genotype:"  # e.g. "genotype:metanas_og_v2": any registry entry
 DATASET_NAMES: tuple[str, ...] = ("synthetic", "omniglot", "mini_imagenet", "tiered_imagenet")
-
-
-def absolute_root(root: str) -> str:
-    """A dataset root resolved against the current directory ("" stays ""): the one spelling
-    used wherever a root leaves the command's process (Tune trials run in their own working
-    directory, actors may run on other nodes) or is hashed for a resume."""
-    return str(Path(root).resolve()) if root else ""
-
-
-def valid_methods() -> tuple[str, ...]:
-    return (*PRUNING_METHODS, *FIXED_METHODS)
 
 
 @dataclass(frozen=True)
@@ -281,61 +248,91 @@ def _section(name: str, cls: type, raw: Any, source: str) -> Any:
         raise ConfigError(f"{source}: [{name}] is incomplete: {exc}") from None
 
 
-def _positive(cfg: ExperimentConfig) -> None:
-    """Cross-field and range checks, each naming the key."""
-    src = cfg.source
-    s = cfg.search
+def _require(cfg: ExperimentConfig, cond: bool, key: str, what: str) -> None:
+    """ConfigError "<file>: <key> <what>" unless `cond`."""
+    if not cond:
+        raise ConfigError(f"{cfg.source}: {key} {what}")
 
-    def need(cond: bool, key: str, what: str) -> None:
-        if not cond:
-            raise ConfigError(f"{src}: {key} {what}")
 
+def check_experiment(cfg: ExperimentConfig) -> None:
+    """[experiment] name is a plain folder name."""
     problem = plain_name_problem(cfg.experiment.name)
-    need(problem is None, "experiment.name", f"= {cfg.experiment.name!r} {problem}")
+    _require(cfg, problem is None, "experiment.name", f"= {cfg.experiment.name!r} {problem}")
+
+
+def check_search(cfg: ExperimentConfig) -> None:
+    """[search]: known methods, each once; distinct seeds; cell counts, sizes and the kernel's
+    inner time and regulariser in range."""
+    s = cfg.search
     for m in s.methods:
         if m.startswith(GENOTYPE_METHOD_PREFIX):
             continue
-        need(m in valid_methods(), "search.methods",
-             f"contains unknown method {m!r}; valid: {', '.join(valid_methods())}, or 'genotype:NAME'")
-    need(len(s.methods) > 0 and len(set(s.methods)) == len(s.methods), "search.methods",
-         "must list at least one method, each once")
-    need(len(s.seeds) > 0 and len(set(s.seeds)) == len(s.seeds), "search.seeds", "must list distinct seeds")
-    need(all(c >= 2 for c in s.cells), "search.cells", f"= {list(s.cells)}: every cell count must be >= 2")
+        _require(cfg, m in valid_methods(), "search.methods",
+                 f"contains unknown method {m!r}; valid: {', '.join(valid_methods())}, or 'genotype:NAME'")
+    _require(cfg, len(s.methods) > 0 and len(set(s.methods)) == len(s.methods), "search.methods",
+             "must list at least one method, each once")
+    _require(cfg, len(s.seeds) > 0 and len(set(s.seeds)) == len(s.seeds), "search.seeds", "must list distinct seeds")
+    _require(cfg, all(c >= 2 for c in s.cells), "search.cells", f"= {list(s.cells)}: every cell count must be >= 2")
     for key in ("init_channels", "tasks", "ways", "shots", "queries", "kernel_image_size", "repeats",
                 "region_inputs", "region_batches", "candidates_per_job"):
-        need(getattr(s, key) >= 1, f"search.{key}", f"= {getattr(s, key)} must be >= 1")
-    need(s.kernel_image_size >= 8, "search.kernel_image_size", "must be >= 8 (two reductions)")
-    need(s.inner_time >= 0, "search.inner_time", f"= {s.inner_time} must be >= 0 (or \"inf\")")
-    need(s.reg >= 0 and math.isfinite(s.reg), "search.reg", f"= {s.reg} must be a finite number >= 0")
-    need(s.ways >= 2, "search.ways", "must be >= 2")
+        _require(cfg, getattr(s, key) >= 1, f"search.{key}", f"= {getattr(s, key)} must be >= 1")
+    _require(cfg, s.kernel_image_size >= 8, "search.kernel_image_size", "must be >= 8 (two reductions)")
+    _require(cfg, s.inner_time >= 0, "search.inner_time", f"= {s.inner_time} must be >= 0 (or \"inf\")")
+    _require(cfg, s.reg >= 0 and math.isfinite(s.reg), "search.reg", f"= {s.reg} must be a finite number >= 0")
+    _require(cfg, s.ways >= 2, "search.ways", "must be >= 2")
+
+
+def check_evaluate(cfg: ExperimentConfig) -> None:
+    """[evaluate]: episode shapes and the logistic regression's C."""
     e = cfg.evaluate
-    need(e.ways >= 2, "evaluate.ways", f"= {e.ways} must be >= 2")
-    need(len(e.shots) > 0 and all(k >= 1 for k in e.shots), "evaluate.shots", "must list shot counts >= 1")
-    need(e.queries >= 1 and e.episodes >= 1, "evaluate.queries/episodes", "must be >= 1")
-    need(e.C > 0, "evaluate.C", "must be > 0")
+    _require(cfg, e.ways >= 2, "evaluate.ways", f"= {e.ways} must be >= 2")
+    _require(cfg, len(e.shots) > 0 and all(k >= 1 for k in e.shots), "evaluate.shots", "must list shot counts >= 1")
+    _require(cfg, e.queries >= 1 and e.episodes >= 1, "evaluate.queries/episodes", "must be >= 1")
+    _require(cfg, e.C > 0, "evaluate.C", "must be > 0")
+
+
+def check_resources(cfg: ExperimentConfig) -> None:
+    """[resources]: worker and CPU counts, GPU shares Ray accepts, retries."""
     r = cfg.resources
-    need(r.workers >= 0 and r.num_cpus >= 0, "resources.workers/num_cpus", "must be >= 0")
-    need(r.gpus_per_worker > 0, "resources.gpus_per_worker", "must be > 0")
+    _require(cfg, r.workers >= 0 and r.num_cpus >= 0, "resources.workers/num_cpus", "must be >= 0")
+    _require(cfg, r.gpus_per_worker > 0, "resources.gpus_per_worker", "must be > 0")
     for key in ("gpus_per_worker", "trial_gpus"):
         # Ray refuses a fractional request above one GPU ("1.5 GPUs"), only when the work starts
         value = getattr(r, key)
-        need(value <= 1 or float(value).is_integer(), f"resources.{key}",
-             f"= {value:g} must be a fraction of one GPU (<= 1) or a whole number of GPUs")
-    need(r.max_failures >= 0, "resources.max_failures", "must be >= 0")
-    need(cfg.study.repeats >= 1 and cfg.study.n_boot >= 1, "study.repeats/n_boot", "must be >= 1")
+        _require(cfg, value <= 1 or float(value).is_integer(), f"resources.{key}",
+                 f"= {value:g} must be a fraction of one GPU (<= 1) or a whole number of GPUs")
+    _require(cfg, r.max_failures >= 0, "resources.max_failures", "must be >= 0")
+
+
+def check_study(cfg: ExperimentConfig) -> None:
+    """[study]: repeats and resamples, known zero-cost proxies (each once, with proxies on),
+    distinct training seeds."""
     st = cfg.study
+    _require(cfg, st.repeats >= 1 and st.n_boot >= 1, "study.repeats/n_boot", "must be >= 1")
     for p in st.zero_cost:
-        need(p in PROXY_NAMES, "study.zero_cost", f"contains unknown proxy {p!r}; valid: {', '.join(PROXY_NAMES)}")
-    need(len(set(st.zero_cost)) == len(st.zero_cost), "study.zero_cost", "must list each proxy once")
-    need(not st.zero_cost or st.proxies, "study.zero_cost", "needs [study] proxies = true (they are scored with them)")
-    need(len(set(st.train_seeds)) == len(st.train_seeds), "study.train_seeds", "must list distinct seeds")
+        _require(cfg, p in PROXY_NAMES, "study.zero_cost",
+                 f"contains unknown proxy {p!r}; valid: {', '.join(PROXY_NAMES)}")
+    _require(cfg, len(set(st.zero_cost)) == len(st.zero_cost), "study.zero_cost", "must list each proxy once")
+    _require(cfg, not st.zero_cost or st.proxies, "study.zero_cost",
+             "needs [study] proxies = true (they are scored with them)")
+    _require(cfg, len(set(st.train_seeds)) == len(st.train_seeds), "study.train_seeds", "must list distinct seeds")
+
+
+def check_train(cfg: ExperimentConfig) -> None:
+    """[train]: overrides are >= 0 (0 = the recipe's value)."""
     t = cfg.train
-    need(t.epochs >= 0 and t.lr >= 0 and t.batch_size >= 0 and t.init_channels >= 0, "train.*",
-         "epochs, lr, batch_size and init_channels must be >= 0 (0 = recipe default)")
+    _require(cfg, t.epochs >= 0 and t.lr >= 0 and t.batch_size >= 0 and t.init_channels >= 0, "train.*",
+             "epochs, lr, batch_size and init_channels must be >= 0 (0 = recipe default)")
+
+
+# The value and cross-field checks of a parsed config, one per table, in this order (the
+# first problem found is reported). Range bounds: `check_bounds`; what the trainer and the
+# scorers would refuse later: `_refuse_late_failures`.
+CHECKS = (check_experiment, check_search, check_evaluate, check_resources, check_study, check_train)
 
 
 # ----------------------------------------------------------------------------- names and bounds
-# of hostile input (names, sizes, paths). Kept apart from `_positive` so other checks merge cleanly.
+# of hostile input (names, sizes, paths). Kept apart from CHECKS so other checks merge cleanly.
 
 _NAME_MAX = 100
 
@@ -429,7 +426,8 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>") -> Experimen
     parts = {name: _section(name, cls, data.get(name, {}), source) for name, cls in SECTIONS.items()}
     cfg = ExperimentConfig(**parts, source=source)
     cfg = _resolve_kernel_by_cells(cfg)
-    _positive(cfg)
+    for check in CHECKS:
+        check(cfg)
     _refuse_late_failures(cfg)
     check_bounds(cfg)
     return cfg
@@ -581,8 +579,6 @@ def _refuse_late_failures(cfg: ExperimentConfig) -> None:
     (support_augment >= 0; its augmentation is the training recipe's, always valid), the
     scorer's MetaNTK (kernel_output "sum" only), and Tune's trial resources (> 0 CPUs).
     """
-    from harness.trials import train_config_for
-
     src, s, e = cfg.source, cfg.search, cfg.evaluate
     if e.support_augment < 0:
         raise ConfigError(f"{src}: evaluate.support_augment = {e.support_augment} must be >= 0 "

@@ -10,6 +10,7 @@ as SVG and PNG (atomically) into the report folder, next to the tables.
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import os
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from harness import store
+from harness.methods import method_sort_key
 
 FORMATS: tuple[str, ...] = ("svg", "png")
 PNG_DPI = 150
@@ -108,27 +110,31 @@ def curves_figure(history: pd.DataFrame, title: str = "") -> Any:
 
 def seed_strip_figure(trials: pd.DataFrame, title: str = "") -> Any:
     """Per-seed accuracies of each method (one panel per shot count), with the mean and its
-    95% interval as `harness.report.summarize_seeds` computes it for Tables 1 and 2.
+    95% interval as `trainers.stats.summarize_seeds` computes it for Tables 1 and 2.
 
     trials: `trials` rows of one (dataset, cells). Points are seeds (several trials of a seed
     averaged first, as the tables do), spread sideways by seed so equal values stay visible;
     the bar is mean ± 95% t-interval over seeds (one seed: its episode interval, hollow marker).
     """
-    from harness.report import SHOTS, _method_key, _per_seed, summarize_seeds, CI_EPISODES
+    from harness.report import _per_seed, shot_label
+    from harness.store import shots_in
+    from trainers.stats import CI_EPISODES, summarize_seeds
 
-    _require(trials, ("method", "seed", "acc_1shot", "ci_1shot", "acc_5shot", "ci_5shot"), "trials")
+    evaluated = shots_in(trials)
+    _require(trials, ("method", "seed", *store.accuracy_columns(evaluated)), "trials")
     seeds = _per_seed(trials.assign(_group=0), ["_group", "method"])
-    methods = sorted(seeds["method"].unique(), key=_method_key)
-    shots = [s for s in SHOTS if np.isfinite(seeds[f"acc_{s}"]).any()] or list(SHOTS[:1])
+    methods = sorted(seeds["method"].unique(), key=method_sort_key)
+    shots = [k for k in evaluated if np.isfinite(seeds[store.accuracy_column(k)]).any()] or list(evaluated[:1])
     fig = _new_figure(max(3.0, 1.1 * len(methods) + 1.2) * len(shots), 3.2)
     axes = np.atleast_1d(fig.subplots(1, len(shots)))
     for ax, shot in zip(axes, shots):
+        acc, ci = store.accuracy_column(shot), store.interval_column(shot)
         for x, method in enumerate(methods):
             f = seeds[seeds["method"] == method].sort_values("seed")
-            y = 100 * f[f"acc_{shot}"].to_numpy(dtype=np.float64)
+            y = 100 * f[acc].to_numpy(dtype=np.float64)
             offsets = np.linspace(-0.18, 0.18, len(y)) if len(y) > 1 else np.zeros(len(y))
             ax.scatter(x + offsets, y, s=18, color=f"C{x % 10}", alpha=0.7, zorder=2)
-            s = summarize_seeds(f[f"acc_{shot}"].to_numpy(), f[f"ci_{shot}"].to_numpy())
+            s = summarize_seeds(f[acc].to_numpy(), f[ci].to_numpy())
             if math.isfinite(s.mean):
                 err = 100 * s.ci if math.isfinite(s.ci) else 0.0
                 hollow = s.kind == CI_EPISODES
@@ -136,7 +142,7 @@ def seed_strip_figure(trials: pd.DataFrame, title: str = "") -> Any:
                             color="black", mfc="white" if hollow else "black")
         ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
         ax.set_xlim(-0.6, len(methods) - 0.3)
-        ax.set_ylabel(f"{shot.replace('shot', '-shot')} accuracy (%)")
+        ax.set_ylabel(f"{shot_label(shot)} accuracy (%)")
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_title("dots: seeds; diamond: mean ± 95% CI (hollow: one seed, episode CI)", fontsize=7)
     if title:
@@ -253,23 +259,24 @@ def proxy_scatter_figure(frame: pd.DataFrame, *, n_boot: int = 1000, seed: int =
     panel's title gives Kendall tau with its 95% bootstrap interval, computed by
     `harness.report.correlation_table` (proxy oriented so that positive = predictive).
     """
-    from harness.report import TARGETS, correlation_table
-    from harness.study import CN_COLUMNS, PROXY_COLUMNS, PROXY_LABELS, TARGET_LABELS
+    from harness.report import CN_COLUMNS, PROXY_COLUMNS, PROXY_LABELS, correlation_table, target_label
+    from harness.store import accuracy_targets
 
     columns = [c for c in PROXY_COLUMNS if c in frame.columns]
     if frame.empty or not columns:
         raise ValueError(f"no proxy rows to plot (columns {list(frame.columns)}); expected {list(PROXY_COLUMNS)}")
     frame = frame.assign(dataset=frame["dataset"] if "dataset" in frame.columns else "data")
-    corr = correlation_table(frame[["dataset", *columns, *TARGETS]], n_boot=n_boot, seed=seed)
-    fig = _new_figure(3.2 * len(columns), 2.9 * len(TARGETS))
-    axes = np.asarray(fig.subplots(len(TARGETS), len(columns), squeeze=False))
+    targets = accuracy_targets(frame)
+    corr = correlation_table(frame[["dataset", *columns, *targets]], n_boot=n_boot, seed=seed)
+    fig = _new_figure(3.2 * len(columns), 2.9 * len(targets))
+    axes = np.asarray(fig.subplots(len(targets), len(columns), squeeze=False))
     for j, column in enumerate(columns):
         x = frame[column].to_numpy(dtype=np.float64)
         if column in CN_COLUMNS:
             with np.errstate(divide="ignore"):
                 x = np.log10(x)
         finite = np.isfinite(x)
-        for i, target in enumerate(TARGETS):
+        for i, target in enumerate(targets):
             ax = axes[i, j]
             y = 100 * frame[target].to_numpy(dtype=np.float64)
             ax.scatter(x[finite], y[finite], s=14, alpha=0.8)
@@ -284,11 +291,11 @@ def proxy_scatter_figure(frame: pd.DataFrame, *, n_boot: int = 1000, seed: int =
             ci = f" [{r.kendall_lo:+.2f}, {r.kendall_hi:+.2f}]" if math.isfinite(r.kendall_lo) else ""
             ax.set_title((PROXY_LABELS[column] + "\n" if i == 0 else "") + f"Kendall τ = {tau}{ci}", fontsize=9)
             ax.tick_params(labelsize=7)
-            if i == len(TARGETS) - 1:
+            if i == len(targets) - 1:
                 ax.set_xlabel("log10 condition number (lower = better)" if column in CN_COLUMNS
                               else "regions (higher = better)", fontsize=8)
             if j == 0:
-                ax.set_ylabel(TARGET_LABELS[target] + " (%)", fontsize=8)
+                ax.set_ylabel(target_label(target) + " (%)", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
     return fig
@@ -338,12 +345,6 @@ class FigureSet:
                 for _, svg, png in section for p in (svg, png)]
 
 
-def cell_images(layout: store.ResultsLayout, search_id: str, fmt: str = "png") -> tuple[Path, Path] | None:
-    """The rendered (normal, reduce) cells of a search, or None when they were not rendered."""
-    pair = tuple(layout.cells / f"{search_id}_{t}.{fmt}" for t in ("normal", "reduce"))
-    return pair if all(p.is_file() for p in pair) else None  # type: ignore[return-value]
-
-
 # Bump when a figure's drawing changes, so cached figures are redrawn.
 FIGURE_VERSION = 1
 
@@ -388,7 +389,6 @@ def write_figures(results_dir: str | os.PathLike[str], out_dir: str | os.PathLik
     (proxies rows); the cells of each method side by side per (dataset, cells, seed) (rendered
     cells of the searches).
     """
-    from harness.report import _method_key
 
     layout = store.results_layout(results_dir)
     data = data if data is not None else {name: store.read_table(layout.root, name) for name in store.TABLES}
@@ -417,8 +417,8 @@ def write_figures(results_dir: str | os.PathLike[str], out_dir: str | os.PathLik
     searches = data["searches"]
     for (dataset, cells_n, seed_), frame in searches.groupby(["dataset", "cells", "seed"], sort=True):
         found = {}
-        for row in sorted(frame.itertuples(), key=lambda r: _method_key(r.method)):
-            pair = cell_images(layout, row.search_id)
+        for row in sorted(frame.itertuples(), key=lambda r: method_sort_key(r.method)):
+            pair = layout.cell_images(row.search_id)
             if pair is not None:
                 found[row.method] = pair
         if found:
@@ -428,11 +428,108 @@ def write_figures(results_dir: str | os.PathLike[str], out_dir: str | os.PathLik
     return FigureSet(tuple(seeds), tuple(curves), tuple(trajectories), tuple(proxies), tuple(cells))
 
 
+# ----------------------------------------------------------------------------- proxy study and leaderboard figures
+
+
+HEATMAP_FILE = "proxy_heatmap.png"
+SCATTER_FILE = "proxy_scatter_grid.png"
+
+
+def _png(fig: Any, path: Path) -> Path:
+    """Write `fig` beside `path` as PNG and SVG (`save_figure`); the PNG path."""
+    save_figure(fig, path.with_suffix(""))
+    return path.with_suffix(".png")
+
+
+def heatmap_figure(corr: pd.DataFrame, title: str = "") -> Any:
+    """Heat map of the proxy-proxy rank correlations (Kendall τ of the oriented proxies);
+    a matplotlib Figure (not saved)."""
+    from matplotlib.figure import Figure
+
+    n = len(corr)
+    fig = Figure(figsize=(1.0 + 0.45 * n, 0.8 + 0.45 * n))
+    ax = fig.subplots()
+    image = ax.imshow(corr.to_numpy(np.float64), vmin=-1, vmax=1, cmap="RdBu_r")
+    ax.set_xticks(range(n), corr.columns, rotation=90, fontsize=7)
+    ax.set_yticks(range(n), corr.index, fontsize=7)
+    for i, j in itertools.product(range(n), range(n)):
+        v = corr.iat[i, j]
+        if math.isfinite(v):
+            ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=5)
+    fig.colorbar(image, ax=ax, label="Kendall τ")
+    if title:
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_heatmap(corr: pd.DataFrame, path: Path, title: str = "") -> Path:
+    """`heatmap_figure` saved beside `path` (PNG and SVG); the PNG path."""
+    return _png(heatmap_figure(corr, title), path)
+
+
+def scatter_grid_figure(frame: pd.DataFrame, title: str = "") -> Any:
+    """Rows: targets; columns: proxies; log10 for condition numbers, infinite ones left out;
+    `frame` is `harness.leaderboard.joined_frame`'s. A matplotlib Figure (not saved)."""
+    from matplotlib.figure import Figure
+
+    from harness.leaderboard import _ordered, is_condition_number
+    from harness.store import accuracy_targets
+    from kernels.proxy_names import PROXY_DIRECTIONS
+
+    names = _ordered([c for c in frame.columns if c in PROXY_DIRECTIONS])
+    targets = accuracy_targets(frame)
+    fig = Figure(figsize=(2.2 * len(names), 2.0 * len(targets)))
+    axes = fig.subplots(len(targets), len(names), squeeze=False)
+    for j, proxy in enumerate(names):
+        x = frame[proxy].to_numpy(np.float64)
+        if is_condition_number(proxy):
+            with np.errstate(divide="ignore", invalid="ignore"):
+                x = np.log10(x)
+        for i, target in enumerate(targets):
+            ax = axes[i, j]
+            y = 100 * frame[target].to_numpy(np.float64)
+            ok = np.isfinite(x) & np.isfinite(y)
+            ax.scatter(x[ok], y[ok], s=8, alpha=0.8)
+            ax.tick_params(labelsize=6)
+            if i == 0:
+                ax.set_title(("log10 " if is_condition_number(proxy) else "") + proxy, fontsize=7)
+            if j == 0:
+                ax.set_ylabel(f"{target} (%)", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_scatter_grid(frame: pd.DataFrame, path: Path, title: str = "") -> Path:
+    """`scatter_grid_figure` saved beside `path` (PNG and SVG); the PNG path."""
+    return _png(scatter_grid_figure(frame, title), path)
+
+
+def leaderboard_figures(proxies: pd.DataFrame, scores: pd.DataFrame, plots: Path, title: str = "") -> list[Path]:
+    """The leaderboard's heat map and scatter grid under `plots` (atomic writes); their paths."""
+    from harness.leaderboard import joined_frame, proxy_correlations
+
+    frame = joined_frame(proxies, scores)
+    return [plot_heatmap(proxy_correlations(frame), plots / HEATMAP_FILE, title),
+            plot_scatter_grid(frame, plots / SCATTER_FILE, title)]
+
+
+def plot_proxies(frame: Any, path: Path, *, n_boot: int = 1000, seed: int = 0, title: str = "") -> Path:
+    """The proxy scatter (`proxy_scatter_figure`) as `path` (PNG) and the same stem as SVG,
+    written atomically; returns `path`. Drawn with matplotlib's object API: the caller's
+    backend is left alone."""
+    fig = proxy_scatter_figure(frame, n_boot=n_boot, seed=seed, title=title)
+    save_figure(fig, Path(path).with_suffix(""), formats=("png", "svg"))
+    return Path(path)
+
+
 def _leaderboard_figures(proxies: pd.DataFrame, scores: pd.DataFrame | None, out: Path
                          ) -> list[tuple[str, Path, Path]]:
     """The proxy leaderboard's heat map (proxy-proxy τ) and scatter grid (every registry proxy
-    against each accuracy), when the study scored `[study] zero_cost` proxies."""
-    from harness.leaderboard import heatmap_figure, joined_frame, proxy_correlations, scatter_grid_figure
+    against each accuracy) for the report, when the study scored `[study] zero_cost` proxies."""
+    from harness.leaderboard import joined_frame, proxy_correlations
 
     if scores is None or scores.empty:
         return []

@@ -23,11 +23,11 @@ from typing import Any, Iterable, Mapping
 
 from harness import store
 from harness.errors import UserError
-from harness.identity import (SEARCH, TRIAL, Unit, changed_settings, evaluation_key, plain,
-                              planned_units)
+from harness.report import accuracies_with_added_evaluations  # noqa: F401  (re-exported)
+from harness.identity import (LEDGER_FILE, LEDGER_VERSION, SEARCH, TRIAL, Unit,  # noqa: F401 (ledger re-exported)
+                              changed_settings, evaluations_on_disk, merge_into_ledger, read_ledger, search_unit,
+                              trial_units)
 
-LEDGER_FILE = "identities.json"
-LEDGER_VERSION = 1
 # Units named in a refusal before "and N more".
 SHOWN = 4
 # The ways out of a refusal (`run` always resumes, so there is no --resume to drop).
@@ -37,25 +37,6 @@ WAYS_OUT = ("rerun with --fresh to move the old results aside into RESULTS_DIR/p
 
 
 # ----------------------------------------------------------------------------- the ledger
-
-
-def read_ledger(results_dir: Path) -> dict[str, Any] | None:
-    """unit key -> recorded identity; None when the folder has no (readable) ledger."""
-    import json
-
-    path = Path(results_dir) / LEDGER_FILE
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-        units = data["units"]
-        if not isinstance(units, dict):
-            raise ValueError("'units' is not an object")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        print(f"warning: {path} is unreadable ({exc}); the settings of the work on disk are taken from "
-              f"config.toml", file=sys.stderr)
-        return None
-    return units
 
 
 def ledger_from_config_file(results_dir: Path) -> dict[str, Any]:
@@ -83,14 +64,28 @@ def recorded_identities(results_dir: Path) -> dict[str, Any]:
 
 
 def record_units(results_dir: Path, units: Iterable[Unit]) -> Path:
-    """Merge the identities of `units` into the ledger (other units' records are kept)."""
-    results_dir = Path(results_dir)
+    """Merge the identities of `units` into the ledger (other units' records are kept; a
+    folder without a ledger starts from the identities its config.toml implies)."""
     old = read_ledger(results_dir)
-    ledger = dict(old if old is not None else ledger_from_config_file(results_dir))
-    ledger |= {u.key: plain(u.identity) for u in units}
-    if ledger != old:  # a rerun of the same config writes nothing
-        store.write_json_atomic(results_dir / LEDGER_FILE, {"version": LEDGER_VERSION, "units": ledger})
-    return results_dir / LEDGER_FILE
+    return merge_into_ledger(results_dir, units, base=old if old is not None else ledger_from_config_file(results_dir))
+
+
+def planned_units(cfg: Any, *, search: bool = True, train: bool = True) -> dict[str, Unit]:
+    """key -> `Unit` of every search of `cfg` (`harness.search.plan_searches`), and with
+    `train` of every trial (`harness.trials.training_runs`) and evaluation."""
+    from harness.plans import plan_searches, training_runs
+
+    units: dict[str, Unit] = {}
+    for plan in plan_searches(cfg):
+        unit = search_unit(cfg, plan.search_id, plan.method, plan.seed, plan.cells)
+        if search:
+            units[unit.key] = unit
+        if train:
+            for train_seed, trial_id in training_runs(cfg, {"seed": plan.seed, "search_id": plan.search_id}):
+                units |= {u.key: u for u in trial_units(cfg, unit, trial_id, train_seed)}
+    return units
+
+
 
 
 # ----------------------------------------------------------------------------- work on disk
@@ -100,30 +95,16 @@ def _stems(results_dir: Path, table: str) -> list[str]:
     return [p.stem for p in store.table_files(results_dir, table)]
 
 
-def _episode_evaluations(results_dir: Path) -> set[str]:
-    """Evaluation keys with rows in `episodes` (files that cannot be read are skipped: they
-    are set aside and recomputed)."""
-    keys = set()
-    for path in store.table_files(results_dir, "episodes"):
-        try:
-            data = store.read_file(path, "episodes")
-        except store.SchemaError:
-            continue
-        keys |= {evaluation_key(t, k) for t, k in zip(data.column("trial_id").to_pylist(),
-                                                        data.column("shots").to_pylist())}
-    return keys
-
-
 def units_on_disk(results_dir: Path) -> set[str]:
     """Keys of every unit with work in `results_dir` (see the module doc)."""
-    from harness.search import searches_with_progress
+    from harness.plans import searches_with_progress
 
     results_dir = Path(results_dir)
     keys = {f"{SEARCH}:{s}" for s in _stems(results_dir, "searches")}
     keys |= {f"{SEARCH}:{s.rpartition('-r')[0]}" for s in _stems(results_dir, "candidates")}
     keys |= {f"{SEARCH}:{s}" for s in searches_with_progress(results_dir)}
     keys |= {f"{TRIAL}:{s}" for table in ("trials", "history") for s in _stems(results_dir, table)}
-    return keys | _episode_evaluations(results_dir)
+    return keys | evaluations_on_disk(results_dir)
 
 
 # ----------------------------------------------------------------------------- the check
@@ -166,184 +147,10 @@ def refusal(results_dir: Path, stale: list[tuple[Unit, list[tuple[str, Any, Any]
 
 def check_growth(cfg: Any, *, search: bool, train: bool) -> dict[str, Unit]:
     """Refuse (UserError, before anything is written) a run that would redo finished work with
-    changed settings; return the run's units (`harness.identity.planned_units`) for
+    changed settings; return the run's units (`planned_units`) for
     `record_units` once the run may start."""
     planned = planned_units(cfg, search=search, train=train)
     stale = stale_units(recorded_identities(cfg.results_dir), planned, units_on_disk(cfg.results_dir))
     if stale:
         raise UserError(refusal(cfg.results_dir, stale))
     return planned
-
-
-# ----------------------------------------------------------------------------- Tune experiments
-
-TUNE_RECORD_FILE = "state/tune_experiments.json"
-
-
-def read_tune_records(results_dir: Path) -> list[dict[str, Any]] | None:
-    """The Tune experiments this folder started: [{"name", "storage", "trials": {id: digest}}];
-    None when there is no record (an older folder)."""
-    import json
-
-    path = Path(results_dir) / TUNE_RECORD_FILE
-    if not path.is_file():
-        return None
-    try:
-        records = json.loads(path.read_text())["experiments"]
-        if not all(isinstance(r, dict) and {"name", "storage", "trials"} <= set(r) for r in records):
-            raise ValueError("malformed experiment entry")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        print(f"warning: {path} is unreadable ({exc}); unfinished trials of earlier runs start over",
-              file=sys.stderr)
-        return []
-    return records
-
-
-def write_tune_records(results_dir: Path, records: list[dict[str, Any]]) -> Path:
-    return store.write_json_atomic(Path(results_dir) / TUNE_RECORD_FILE, {"experiments": records})
-
-
-def plan_tune_runs(records: list[dict[str, Any]], storage: str, digests: Mapping[str, str], missing: set[str],
-                   new_name: Any) -> list[tuple[str, list[str], bool]]:
-    """Which Tune experiments run the `missing` trials: [(name, trial ids, restored?)].
-
-    A recorded experiment on the same storage is restored when it holds a missing trial and
-    every trial in it still has the spec it was started with (`digests`: trial id -> spec
-    digest): an interrupted trial then resumes from its last epoch. The missing trials left
-    over run in one new experiment named `new_name(ids)` over them alone, so a finished trial
-    is never part of a new grid (adding a seed trains only the new seed's trials).
-    """
-    runs, left = [], set(missing)
-    for rec in records:
-        trials = rec["trials"]
-        if rec["storage"] != storage or not set(trials) & left:
-            continue
-        if any(digests.get(t) != d for t, d in trials.items()):
-            continue
-        runs.append((rec["name"], sorted(trials), True))
-        left -= set(trials)
-    if left:
-        runs.append((new_name(sorted(left)), sorted(left), False))
-    return runs
-
-
-def tune_runs(results_dir: Path, storage: str, specs: list[Any], missing: set[str], digest_of: Any
-              ) -> list[tuple[str, list[str], bool]]:
-    """`plan_tune_runs` for the trial specs `specs` (`digest_of([spec])` -> spec digest), with
-    the folder's record of Tune experiments; the new experiment is recorded before it starts,
-    so an interrupted one is restored by the next run.
-
-    A folder from before the record named its one experiment after every spec
-    (`trials-<digest of all specs>`): that one is restored when it exists on the storage.
-    """
-    from ray import tune
-
-    by_id = {s.trial_id: s for s in specs}
-    digests = {t: digest_of([s]) for t, s in by_id.items()}
-    records = read_tune_records(results_dir)
-    if records is None:
-        records = []
-        legacy = f"trials-{digest_of(specs)}"
-        if tune.Tuner.can_restore(f"{storage.rstrip('/')}/{legacy}"):
-            records.append({"name": legacy, "storage": storage, "trials": digests})
-    runs = plan_tune_runs(records, storage, digests, missing,
-                          lambda ids: f"trials-{digest_of([by_id[i] for i in ids])}")
-    new = [{"name": name, "storage": storage, "trials": {i: digests[i] for i in ids}}
-           for name, ids, restored in runs if not restored]
-    names = {r["name"] for r in new}
-    write_tune_records(results_dir, [r for r in records if r["name"] not in names] + new)
-    return runs
-
-
-def forget_tune_experiments(results_dir: Path, names: list[str]) -> None:
-    """Drop the records of Tune experiments that were moved aside."""
-    records = read_tune_records(results_dir) or []
-    write_tune_records(results_dir, [r for r in records if r["name"] not in set(names)])
-
-
-# ----------------------------------------------------------------------------- added shot counts
-
-
-def evaluations_on_disk(results_dir: Path) -> set[str]:
-    """Evaluation keys (`harness.identity.evaluation_key`) with `episodes` rows."""
-    return _episode_evaluations(Path(results_dir))
-
-
-def added_evaluations(results_dir: Path, specs: list[Any], finished: set[str]) -> list[tuple[Any, int]]:
-    """(spec, shots) of each shot count of a finished trial without episode rows: a shot count
-    added to `[evaluate] shots` after the trial ran."""
-    done = evaluations_on_disk(results_dir)
-    return [(s, int(k)) for s in specs if s.trial_id in finished for k in s.eval_shots
-            if evaluation_key(s.trial_id, k) not in done]
-
-
-def added_evaluation_key(trial_id: str, shots: int) -> str:
-    """The `episodes` file of a shot count evaluated after its trial: `<trial id>-<K>shot`
-    (the trial's own file, `<trial id>`, is never rewritten)."""
-    return f"{trial_id}-{int(shots)}shot"
-
-
-def evaluate_added_shots(cfg: Any, specs: list[Any], device: Any = None) -> list[str]:
-    """Evaluate each finished trial on the shot counts added since it ran (`added_evaluations`),
-    from its model file, on the driver: no retraining, the trial's files untouched. Writes
-    `episodes/<trial id>-<K>shot.parquet`; returns those keys."""
-    from dataclasses import replace
-
-    import torch
-
-    from harness.shared_data import split_key
-    from harness.trials import (build_network, episode_table_rows, eval_settings, evaluate_trained, finished_trials,
-                                load_episode_lists, model_file_path, read_model_file)
-
-    todo = added_evaluations(cfg.results_dir, specs, finished_trials(cfg.results_dir))
-    lost = sorted({s.trial_id for s, _ in todo if not model_file_path(cfg.results_dir, s.trial_id).is_file()})
-    if lost:  # nothing to evaluate: say so and go on with the others
-        print(f"warning: no model file for {len(lost)} finished trial(s) ({', '.join(lost[:3])}) in "
-              f"{cfg.results_dir / 'models'}: their added shot counts are not evaluated; rerun with --fresh "
-              f"to train them again", file=sys.stderr)
-        todo = [(s, k) for s, k in todo if s.trial_id not in lost]
-    if not todo:
-        return []
-    from harness.trials import ensure_episode_lists
-
-    ensure_episode_lists(cfg)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    lists = load_episode_lists(cfg.results_dir, todo[0][0])
-    settings = eval_settings(todo[0][0], lists)
-    split = split_key(settings.dataset, settings.root, settings.split, settings.image_size, settings.data_seed,
-                      settings.dataset_options).load()
-    print(f"evaluating {len(todo)} added shot count(s) of finished trials from their model files", file=sys.stderr)
-    keys = []
-    for spec, shots in todo:
-        ckpt = read_model_file(model_file_path(cfg.results_dir, spec.trial_id))
-        model = build_network(ckpt["genotype"], ckpt["channels"], ckpt["num_classes"], ckpt["cells"],
-                              ckpt["in_channels"])
-        model.load_state_dict(ckpt["model"])
-        one = replace(eval_settings(spec, lists), shots=(shots,))
-        _, rows = evaluate_trained(model, one, split, device, episode_lists=lists)
-        key = added_evaluation_key(spec.trial_id, shots)
-        store.write_rows(cfg.results_dir, "episodes", key, episode_table_rows(spec, rows))
-        keys.append(key)
-    return keys
-
-
-def accuracies_with_added_evaluations(trials: Any, episodes: Any) -> Any:
-    """`trials` with each missing (NaN) `acc_<K>shot` / `ci_<K>shot` filled from the trial's
-    `episodes` rows of K shots (mean, 95% t half-width): the shot counts evaluated after the
-    trial's row was written. The rows on disk are not changed."""
-    import math
-
-    from trainers.stats import mean_confidence_interval
-
-    if trials.empty or episodes.empty:
-        return trials
-    out = trials.copy()
-    index = {t: i for i, t in zip(out.index, out["trial_id"])}
-    for (trial_id, shots), group in episodes.groupby(["trial_id", "shots"]):
-        acc, ci = f"acc_{int(shots)}shot", f"ci_{int(shots)}shot"
-        i = index.get(trial_id)
-        if i is None or acc not in out.columns or not math.isnan(out.at[i, acc]):
-            continue
-        mean, half = mean_confidence_interval(group["accuracy"].tolist())
-        out.at[i, acc], out.at[i, ci] = float(mean), float(half)
-    return out

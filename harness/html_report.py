@@ -179,16 +179,15 @@ def _figure_links(section: Iterable[tuple[str, Path, Path]], base: Path) -> str:
 
 def _cells_table(searches: pd.DataFrame, layout: store.ResultsLayout, base: Path) -> str:
     """Per (dataset, cells, seed) a row per method: its normal and reduction cell (SVG)."""
-    from harness.figures import cell_images
-    from harness.report import _method_key
+    from harness.methods import method_sort_key
 
     if searches.empty:
         return "<p><em>No searches: no cells to show.</em></p>"
     parts = []
     for (dataset, cells, seed), frame in searches.groupby(["dataset", "cells", "seed"], sort=True):
         rows = []
-        for r in sorted(frame.itertuples(), key=lambda r: _method_key(r.method)):
-            pair = cell_images(layout, r.search_id, "svg")
+        for r in sorted(frame.itertuples(), key=lambda r: method_sort_key(r.method)):
+            pair = layout.cell_images(r.search_id, "svg")
             imgs = ("".join(f'<td><img src="{html.escape(_rel(p, base), quote=True)}" alt="{html.escape(r.search_id)} '
                             f'{t} cell"></td>' for p, t in zip(pair, ("normal", "reduce")))
                     if pair else '<td colspan="2"><em>not rendered (graphviz dot missing?)</em></td>')

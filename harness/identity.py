@@ -25,10 +25,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 from dataclasses import dataclass
-from typing import Any, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from harness.config import PRUNING_METHODS, PROXY_MEASURE_PREFIX, ExperimentConfig, absolute_root
+from harness.methods import PRUNING_METHODS, PROXY_MEASURE_PREFIX
+from harness.specs import absolute_root
+
+if TYPE_CHECKING:
+    from harness.config import ExperimentConfig
 
 Identity = Mapping[str, Any]
 
@@ -119,7 +125,7 @@ def search_identity(cfg: ExperimentConfig, method: str, seed: int, cells: int) -
 def trial_identity(cfg: ExperimentConfig, search: Identity, train_seed: int) -> dict[str, Any]:
     """A trial's identity: its search's (`search_identity`), the resolved training recipe with
     its training seed, and the width of the network it trains."""
-    from harness.trials import train_config_for
+    from harness.specs import train_config_for
 
     train = train_config_for(cfg, train_seed).to_dict()
     ident = {**search, **{f"train.{k}": v for k, v in train.items()},
@@ -142,23 +148,6 @@ def trial_units(cfg: ExperimentConfig, search: Unit, trial_id: str, train_seed: 
                       for k in cfg.evaluate.shots]
 
 
-def planned_units(cfg: ExperimentConfig, *, search: bool = True, train: bool = True) -> dict[str, Unit]:
-    """key -> `Unit` of every search of `cfg` (`harness.search.plan_searches`), and with
-    `train` of every trial (`harness.trials.training_runs`) and evaluation."""
-    from harness.search import plan_searches
-    from harness.trials import training_runs
-
-    units: dict[str, Unit] = {}
-    for plan in plan_searches(cfg):
-        unit = Unit(search_key(plan.search_id), search_identity(cfg, plan.method, plan.seed, plan.cells))
-        if search:
-            units[unit.key] = unit
-        if train:
-            for train_seed, trial_id in training_runs(cfg, {"seed": plan.seed, "search_id": plan.search_id}):
-                units |= {u.key: u for u in trial_units(cfg, unit, trial_id, train_seed)}
-    return units
-
-
 def digest(identity: Identity) -> str:
     """A short stable hash of an identity (16 hex digits)."""
     text = json.dumps(plain(identity), sort_keys=True)
@@ -169,3 +158,62 @@ def changed_settings(old: Identity, new: Identity) -> list[tuple[str, Any, Any]]
     """(key, old value, new value) of every setting that differs, sorted by key; a key
     missing on one side has the value None there."""
     return [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+# ----------------------------------------------------------------------------- the ledger
+
+LEDGER_FILE = "identities.json"
+LEDGER_VERSION = 1
+
+
+def read_ledger(results_dir: Path) -> dict[str, Any] | None:
+    """unit key -> recorded identity (`RESULTS_DIR/LEDGER_FILE`); None when the folder has no
+    (readable) ledger."""
+    path = Path(results_dir) / LEDGER_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        units = data["units"]
+        if not isinstance(units, dict):
+            raise ValueError("'units' is not an object")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"warning: {path} is unreadable ({exc}); the settings of the work on disk are taken from "
+              f"config.toml", file=sys.stderr)
+        return None
+    return units
+
+
+def merge_into_ledger(results_dir: Path, units: Iterable[Unit], base: Mapping[str, Any] | None = None) -> Path:
+    """Write the ledger: `base` (default: the ledger on disk) with the identities of `units`
+    merged in; nothing is written when that changes nothing (a rerun of the same config)."""
+    from harness import store
+
+    results_dir = Path(results_dir)
+    old = read_ledger(results_dir)
+    ledger = dict(base if base is not None else (old or {}))
+    ledger |= {u.key: plain(u.identity) for u in units}
+    if ledger != old:
+        store.write_json_atomic(results_dir / LEDGER_FILE, {"version": LEDGER_VERSION, "units": ledger})
+    return results_dir / LEDGER_FILE
+
+
+def search_unit(cfg: ExperimentConfig, search_id: str, method: str, seed: int, cells: int) -> Unit:
+    """The unit of one search of `cfg`."""
+    return Unit(search_key(search_id), search_identity(cfg, method, seed, cells))
+
+
+def evaluations_on_disk(results_dir: Path) -> set[str]:
+    """Evaluation keys with rows in `episodes` (files that cannot be read are skipped: they
+    are set aside and recomputed)."""
+    from harness import store
+
+    keys = set()
+    for path in store.table_files(results_dir, "episodes"):
+        try:
+            data = store.read_file(path, "episodes")
+        except store.SchemaError:
+            continue
+        keys |= {evaluation_key(t, k) for t, k in zip(data.column("trial_id").to_pylist(),
+                                                        data.column("shots").to_pylist())}
+    return keys

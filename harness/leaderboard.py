@@ -5,7 +5,7 @@ Input: the study's tables (`harness.study`): `proxy_scores` (one value per genot
 and weight/batch redraw, with its seconds), `proxies` (per genotype the mean accuracy over
 its trainings and the evaluation network's parameter count) and `trials` (one row per
 training, for the target's own retest reliability). Pure functions of DataFrames; only
-`write_figures` writes files. The statistics come from `trainers.stats`, shared with
+the figures (`harness.figures.leaderboard_figures`) write files. The statistics come from `trainers.stats`, shared with
 `harness.report` (Kendall tau-b and Spearman rho with percentile-bootstrap intervals:
 `rank_correlation`; paired bootstrap of a difference in tau: `paired_tau_difference`).
 
@@ -27,27 +27,24 @@ genotypes (averaged over pairs of training seeds) and the one-way intraclass cor
 ICC(1) (one training) and ICC(k) (the mean of k trainings, the quantity correlated).
 
 Repeat aggregation follows the study: geometric mean for condition numbers, arithmetic mean
-otherwise (`harness.study.geometric_mean_cn`, `mean_or_nan`).
+otherwise (`trainers.stats.geometric_mean_cn`, `mean_or_nan`).
 """
 from __future__ import annotations
 
 import itertools
 import math
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from harness.markdown import markdown_table
+from harness.markdown import format_seconds, markdown_table
+from harness.store import accuracy_targets
 from kernels.proxy_names import PROXY_DIRECTIONS, PROXY_NAMES
-from trainers.stats import (icc_oneway, kendall_tau, oriented_ranks, paired_tau_difference, partial_spearman,
-                            rank_correlation)
+from trainers.stats import (geometric_mean_cn, icc_oneway, kendall_tau, mean_or_nan, oriented_ranks,
+                            paired_tau_difference, partial_spearman, rank_correlation)
 
 REFERENCE = "cn_metantk_maml"     # the paper's score
 BASELINE = "params"               # column of the `proxies` table (evaluation network)
-TARGETS: tuple[str, ...] = ("acc_1shot", "acc_5shot")
-HEATMAP_FILE = "proxy_heatmap.png"
-SCATTER_FILE = "proxy_scatter_grid.png"
 
 
 def _ordered(names: Sequence[str]) -> list[str]:
@@ -67,7 +64,6 @@ def proxy_matrix(scores: pd.DataFrame) -> pd.DataFrame:
 
     scores: `proxy_scores` rows (genotype_id, proxy, repeat, value).
     """
-    from harness.study import geometric_mean_cn, mean_or_nan
 
     out: dict[str, dict[str, float]] = {}
     for (gid, proxy), group in scores.groupby(["genotype_id", "proxy"], sort=True):
@@ -116,7 +112,7 @@ def target_reliability(trials: pd.DataFrame) -> pd.DataFrame:
     k = int(counts.mode().iloc[0]) if len(counts) else 0
     full = trials[trials["search_id"].isin(counts[counts == k].index)].sort_values(["search_id", "trial_id"])
     full = full.assign(training=full.groupby("search_id").cumcount())
-    for target in TARGETS:
+    for target in accuracy_targets(trials):
         wide = full.pivot(index="search_id", columns="training", values=target) if k >= 2 else pd.DataFrame()
         taus = [_tau(wide[a].to_numpy(np.float64), wide[b].to_numpy(np.float64))
                 for a, b in itertools.combinations(wide.columns, 2)]
@@ -129,7 +125,7 @@ def target_reliability(trials: pd.DataFrame) -> pd.DataFrame:
 def joined_frame(proxies: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
     """Per genotype: dataset, params, accuracies and every proxy's aggregated value."""
     matrix = proxy_matrix(scores)
-    base = proxies[["genotype_id", "dataset", BASELINE, *TARGETS]].rename(columns={BASELINE: "params_eval"})
+    base = proxies[["genotype_id", "dataset", BASELINE, *accuracy_targets(proxies)]].rename(columns={BASELINE: "params_eval"})
     return base.merge(matrix.reset_index(), on="genotype_id", how="inner")
 
 
@@ -148,7 +144,7 @@ def leaderboard_table(proxies: pd.DataFrame, scores: pd.DataFrame, *, n_boot: in
             x = part[proxy].to_numpy(np.float64)
             higher = PROXY_DIRECTIONS[proxy]
             oriented = np.where(np.isnan(x), np.nan, x if higher else -x)
-            for target in TARGETS:
+            for target in accuracy_targets(frame):
                 y = part[target].to_numpy(np.float64)
                 row: dict[str, Any] = {"dataset": dataset, "proxy": proxy, "target": target}
                 row |= rank_correlation(x, y, higher, n_boot, rng)
@@ -196,8 +192,6 @@ def _num(value: float, fmt: str = "{:+.2f}") -> str:
 
 def leaderboard_markdown(table: pd.DataFrame, reliability: pd.DataFrame) -> str:
     """Per target a table sorted by Kendall tau (best first), then the target's ceiling."""
-    from harness.report import format_seconds
-
     parts = []
     for target, part in table.groupby("target", sort=False):
         part = part.sort_values("kendall_tau", ascending=False, na_position="last")
@@ -227,88 +221,9 @@ def leaderboard_section(data: Mapping[str, pd.DataFrame], *, n_boot: int = 1000,
         return [], {}
     table = leaderboard_table(proxies, scores, n_boot=n_boot, seed=seed)
     reliability = target_reliability(data["trials"]) if "trials" in data else target_reliability(pd.DataFrame(
-        columns=["search_id", "trial_id", *TARGETS]))
+        columns=["search_id", "trial_id", *accuracy_targets(proxies)]))
     lines = ["", "## Proxy leaderboard", "",
              "Oriented so that positive = predictive; Δτ: paired bootstrap of the difference in Kendall τ; "
              "redraw τ: agreement of two weight/batch redraws; s / arch: seconds per architecture and redraw.",
              "", leaderboard_markdown(table, reliability)]
     return lines, {"leaderboard": table, "target_reliability": reliability}
-
-
-# ----------------------------------------------------------------------------- figures
-
-
-def _png(fig: Any, path: Path) -> Path:
-    """Write `fig` beside `path` as PNG and SVG (`harness.figures.save_figure`); the PNG path."""
-    from harness.figures import save_figure
-
-    save_figure(fig, path.with_suffix(""))
-    return path.with_suffix(".png")
-
-
-def heatmap_figure(corr: pd.DataFrame, title: str = "") -> Any:
-    """Heat map of the proxy-proxy rank correlations (Kendall τ of the oriented proxies);
-    a matplotlib Figure (not saved)."""
-    from matplotlib.figure import Figure
-
-    n = len(corr)
-    fig = Figure(figsize=(1.0 + 0.45 * n, 0.8 + 0.45 * n))
-    ax = fig.subplots()
-    image = ax.imshow(corr.to_numpy(np.float64), vmin=-1, vmax=1, cmap="RdBu_r")
-    ax.set_xticks(range(n), corr.columns, rotation=90, fontsize=7)
-    ax.set_yticks(range(n), corr.index, fontsize=7)
-    for i, j in itertools.product(range(n), range(n)):
-        v = corr.iat[i, j]
-        if math.isfinite(v):
-            ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=5)
-    fig.colorbar(image, ax=ax, label="Kendall τ")
-    if title:
-        ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def plot_heatmap(corr: pd.DataFrame, path: Path, title: str = "") -> Path:
-    """`heatmap_figure` saved beside `path` (PNG and SVG); the PNG path."""
-    return _png(heatmap_figure(corr, title), path)
-
-
-def scatter_grid_figure(frame: pd.DataFrame, title: str = "") -> Any:
-    """Rows: targets; columns: proxies; log10 for condition numbers, infinite ones left out;
-    `frame` is `joined_frame`'s. A matplotlib Figure (not saved)."""
-    from matplotlib.figure import Figure
-
-    names = _ordered([c for c in frame.columns if c in PROXY_DIRECTIONS])
-    fig = Figure(figsize=(2.2 * len(names), 2.0 * len(TARGETS)))
-    axes = fig.subplots(len(TARGETS), len(names), squeeze=False)
-    for j, proxy in enumerate(names):
-        x = frame[proxy].to_numpy(np.float64)
-        if is_condition_number(proxy):
-            with np.errstate(divide="ignore", invalid="ignore"):
-                x = np.log10(x)
-        for i, target in enumerate(TARGETS):
-            ax = axes[i, j]
-            y = 100 * frame[target].to_numpy(np.float64)
-            ok = np.isfinite(x) & np.isfinite(y)
-            ax.scatter(x[ok], y[ok], s=8, alpha=0.8)
-            ax.tick_params(labelsize=6)
-            if i == 0:
-                ax.set_title(("log10 " if is_condition_number(proxy) else "") + proxy, fontsize=7)
-            if j == 0:
-                ax.set_ylabel(f"{target} (%)", fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def plot_scatter_grid(frame: pd.DataFrame, path: Path, title: str = "") -> Path:
-    """`scatter_grid_figure` saved beside `path` (PNG and SVG); the PNG path."""
-    return _png(scatter_grid_figure(frame, title), path)
-
-
-def write_figures(proxies: pd.DataFrame, scores: pd.DataFrame, plots: Path, title: str = "") -> list[Path]:
-    """The heat map and the scatter grid under `plots` (atomic writes); returns their paths."""
-    frame = joined_frame(proxies, scores)
-    return [plot_heatmap(proxy_correlations(frame), plots / HEATMAP_FILE, title),
-            plot_scatter_grid(frame, plots / SCATTER_FILE, title)]

@@ -1,9 +1,11 @@
-"""The one Markdown table writer of the reports (`report`, `leaderboard`, `theory_report`)."""
+"""The one Markdown table writer of the reports (`report`, `leaderboard`, `theory_report`), and
+the durations they print."""
 from __future__ import annotations
 
+import math
 from typing import Iterable, Sequence
 
-__all__ = ["markdown_table"]
+__all__ = ["format_seconds", "markdown_table"]
 
 
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]],
@@ -20,3 +22,14 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]],
     lines = ["| " + " | ".join(map(cell, headers)) + " |", "| " + " | ".join(rule) + " |"]
     lines += ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def format_seconds(seconds: float) -> str:
+    """Human duration: '45.0 s', '12.3 min', '1.54 h'; '–' for NaN."""
+    if seconds is None or not math.isfinite(seconds):
+        return "–"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"

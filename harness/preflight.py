@@ -71,7 +71,7 @@ def check_methods(cfg: ExperimentConfig) -> None:
 
 def check_recipe(cfg: ExperimentConfig) -> None:
     """The training recipe exists and the overrides make a valid schedule."""
-    from harness.trials import train_config_for
+    from harness.config import train_config_for
 
     for seed in cfg.search.seeds:
         try:
@@ -105,13 +105,12 @@ def check_split_contents(split: Any, *, ways: int, need: int, what: str, keys: s
 
 
 def _load(cfg: ExperimentConfig, split: str) -> Any:
-    from trainers.data import load_split
+    from harness.specs import data_spec
     from trainers.datasets.base import DatasetError
 
     d = cfg.dataset
     try:
-        return load_split(d.name, d.root or None, split, image_size=d.image_size or None, seed=cfg.experiment.seed,
-                          **d.options)
+        return data_spec(cfg).load(split)
     except (DatasetError, ValueError, TypeError) as exc:  # TypeError: an unknown keyword; ValueError: a bad option value
         raise ConfigError(f"{cfg.source}: [dataset] {d.name}: {exc}") from None
 

@@ -2,8 +2,8 @@
 and the paired comparison of proxies.
 
 The table functions are pure (DataFrames in, DataFrames out) so they can be tested on
-hand-made rows; `build_report` / `write_report` read a results folder through
-`harness.store` and render Markdown and CSV.
+hand-made rows; `harness.pipeline.build_report` / `write_report` read a results folder
+through `harness.store` and render Markdown, CSV, figures and the HTML page.
 
 Aggregation over seeds (paper Table 1 reports mean ± std over 3 runs; we report a 95%
 interval instead, which is what the number means to a reader): each seed's accuracy is the
@@ -16,17 +16,16 @@ Accuracies are fractions in [0, 1] in DataFrames and CSVs and percent in Markdow
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from harness import store
-from harness.config import METHOD_ORDER
-from harness.markdown import markdown_table
-from trainers.stats import paired_tau_difference, rank_correlation, t_halfwidth
+from harness.markdown import format_seconds, markdown_table  # noqa: F401  (format_seconds re-exported)
+from harness.methods import METHOD_ORDER, method_sort_key  # noqa: F401  (METHOD_ORDER re-exported)
+from harness.store import accuracy_targets, shots_in
+from trainers.stats import (CI_EPISODES, CI_NONE, CI_SEEDS, SeedSummary, paired_tau_difference,  # noqa: F401
+                            rank_correlation, summarize_seeds, t_halfwidth)
 
 BASELINE_METHOD = "random"
 
@@ -38,6 +37,14 @@ PROXIES: dict[str, bool] = {
     "cn_metantk_anil": False,
     "cn_ntk": False,
     "regions": True,
+}
+PROXY_COLUMNS: tuple[str, ...] = tuple(PROXIES)  # the `proxies` table's proxy columns
+CN_COLUMNS: tuple[str, ...] = tuple(c for c, higher in PROXIES.items() if c.startswith("cn_"))
+PROXY_LABELS: dict[str, str] = {
+    "cn_metantk_maml": "CN MetaNTK (MAML)",
+    "cn_metantk_anil": "CN MetaNTK (ANIL)",
+    "cn_ntk": "CN NTK (TE-NAS)",
+    "regions": "linear regions",
 }
 # Naive baselines a training-free proxy should beat, same convention: a larger model is
 # predicted to be better. Reported beside PROXIES when the column is present.
@@ -52,15 +59,12 @@ DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (
     ("cn_metantk_maml", "params"),
     ("cn_ntk", "params"),
 )
-TARGETS: tuple[str, ...] = ("acc_1shot", "acc_5shot")
-SHOTS: tuple[str, ...] = ("1shot", "5shot")
+# Accuracy targets of the default evaluation (shots 1 and 5); a table's own come from its
+# columns (`shots_in`, `accuracy_targets`).
+TARGETS: tuple[str, ...] = tuple(store.accuracy_column(k) for k in store.DEFAULT_SHOTS)
 
-CI_SEEDS = "seeds"        # 95% t-interval across seeds
-CI_EPISODES = "episodes"  # one seed: the trial's own 95% episode interval
-CI_NONE = "none"          # no finite value
 
-_TRIAL_COLUMNS = ("dataset", "method", "cells", "seed", "acc_1shot", "ci_1shot",
-                  "acc_5shot", "ci_5shot")
+_TRIAL_KEYS = ("dataset", "method", "cells", "seed")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -73,40 +77,25 @@ def _require(frame: pd.DataFrame, columns: Iterable[str], what: str) -> None:
                          f"harness.store.read_table (columns: {list(frame.columns)})")
 
 
-def _method_key(method: str) -> tuple[int, str]:
-    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+def target_label(target: str) -> str:
+    """Axis label of an accuracy column: 'acc_1shot' -> '5-way 1-shot accuracy' (the study's
+    episodes are 5-way)."""
+    (shots,) = store.shots_of([target])
+    return f"5-way {shots}-shot accuracy"
 
 
-@dataclass(frozen=True)
-class SeedSummary:
-    """Mean over seeds with its interval; `kind` says which interval `ci` is."""
-
-    n: int
-    mean: float
-    ci: float
-    kind: str
+def shot_label(shots: int) -> str:
+    """Display name of a shot count: '1-shot'."""
+    return f"{shots}-shot"
 
 
-def summarize_seeds(means: np.ndarray, episode_cis: np.ndarray) -> SeedSummary:
-    """Aggregate per-seed accuracies.
-
-    means, episode_cis: (n_seeds,). Non-finite means (an evaluation that did not run) are
-    left out. >= 2 seeds: t-interval across seeds; one seed: its episode interval.
-    """
-    means = np.asarray(means, dtype=np.float64)
-    cis = np.asarray(episode_cis, dtype=np.float64)
-    ok = np.isfinite(means)
-    n = int(ok.sum())
-    if n == 0:
-        return SeedSummary(0, math.nan, math.nan, CI_NONE)
-    if n == 1:
-        return SeedSummary(1, float(means[ok][0]), float(cis[ok][0]), CI_EPISODES)
-    return SeedSummary(n, float(means[ok].mean()), t_halfwidth(means[ok]), CI_SEEDS)
+def _trial_columns(trials: pd.DataFrame) -> tuple[str, ...]:
+    return _TRIAL_KEYS + tuple(store.accuracy_columns(shots_in(trials)))
 
 
 def _per_seed(trials: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """One row per (keys..., seed): several trials of one seed are averaged first."""
-    cols = ["acc_1shot", "ci_1shot", "acc_5shot", "ci_5shot"]
+    cols = store.accuracy_columns(shots_in(trials))
     extra = ["params"] if "params" in trials.columns else []
     return (trials.groupby(keys + ["seed"], sort=False)[cols + extra]
             .mean().reset_index())
@@ -117,7 +106,7 @@ def _sorted(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
     def sort_key(i: int) -> tuple:
         row = frame.iloc[i]
-        return tuple(_method_key(row[k]) if k == "method" else row[k] for k in keys)
+        return tuple(method_sort_key(row[k]) if k == "method" else row[k] for k in keys)
 
     order = sorted(range(len(frame)), key=sort_key)
     return frame.iloc[order].reset_index(drop=True)
@@ -132,9 +121,11 @@ def table1(trials: pd.DataFrame, searches: pd.DataFrame) -> pd.DataFrame:
     Columns: dataset, method, cells, seeds, params_m (mean parameters / 1e6),
     search_device_seconds (mean over seeds of the searches' device seconds, joined on
     experiment + search_id; NaN when no search row matches, e.g. fixed genotypes),
-    acc_1shot, ci_1shot, ci_1shot_kind, acc_5shot, ci_5shot, ci_5shot_kind.
+    and per shot count K of the trials' accuracy columns acc_Kshot, ci_Kshot, ci_Kshot_kind
+    (acc_1shot, ci_1shot, ci_1shot_kind, acc_5shot, ... by default).
     """
-    _require(trials, _TRIAL_COLUMNS + ("params", "search_id"), "trials table")
+    _require(trials, _trial_columns(trials) + ("params", "search_id"), "trials table")
+    shots = shots_in(trials)
     trials = trials.copy()
     trials["search_device_seconds"] = _search_seconds(trials, searches)
     keys = ["dataset", "method", "cells"]
@@ -147,13 +138,25 @@ def table1(trials: pd.DataFrame, searches: pd.DataFrame) -> pd.DataFrame:
         row["params_m"] = float(frame["params"].mean()) / 1e6
         row["search_device_seconds"] = (float(search.mean()) if search.notna().any()
                                         else math.nan)
-        for shot in SHOTS:
-            s = summarize_seeds(seeds[f"acc_{shot}"].to_numpy(), seeds[f"ci_{shot}"].to_numpy())
-            row |= {f"acc_{shot}": s.mean, f"ci_{shot}": s.ci, f"ci_{shot}_kind": s.kind}
+        for k in shots:
+            row |= _accuracy_summary(seeds, k)
         rows.append(row)
-    columns = keys + ["seeds", "params_m", "search_device_seconds", "acc_1shot", "ci_1shot",
-                      "ci_1shot_kind", "acc_5shot", "ci_5shot", "ci_5shot_kind"]
+    columns = keys + ["seeds", "params_m", "search_device_seconds"] + [
+        c for k in shots for c in _summary_columns(k)]
     return _sorted(pd.DataFrame(rows, columns=columns), ["dataset", "cells", "method"])
+
+
+def _summary_columns(shots: int) -> tuple[str, str, str]:
+    """(acc_Kshot, ci_Kshot, ci_Kshot_kind) of shot count K."""
+    ci = store.interval_column(shots)
+    return store.accuracy_column(shots), ci, f"{ci}_kind"
+
+
+def _accuracy_summary(seeds: pd.DataFrame, shots: int) -> dict[str, float | str]:
+    """`summarize_seeds` of the per-seed rows' accuracy of `shots` as the table's three columns."""
+    acc, ci, kind = _summary_columns(shots)
+    s = summarize_seeds(seeds[acc].to_numpy(), seeds[ci].to_numpy())
+    return {acc: s.mean, ci: s.ci, kind: s.kind}
 
 
 def _search_seconds(trials: pd.DataFrame, searches: pd.DataFrame) -> pd.Series:
@@ -175,13 +178,14 @@ def _search_seconds(trials: pd.DataFrame, searches: pd.DataFrame) -> pd.Series:
 def table2(trials: pd.DataFrame) -> pd.DataFrame:
     """Ablation per (dataset, cells): one row per method with mean ± CI and Δ vs `random`.
 
-    Columns: dataset, cells, method, seeds, acc_1shot, ci_1shot, ci_1shot_kind,
-    delta_1shot, delta_1shot_ci, and the same for 5-shot. delta = method mean - random mean
+    Columns: dataset, cells, method, seeds, then per shot count K of the trials (1 and 5 by
+    default) acc_Kshot, ci_Kshot, ci_Kshot_kind, delta_Kshot, delta_Kshot_ci. delta = method mean - random mean
     (NaN without a `random` row); delta_ci = 95% t half-width of the paired per-seed
     differences over the seeds both methods share (same seed = same episodes), NaN with
     fewer than 2 shared seeds.
     """
-    _require(trials, _TRIAL_COLUMNS, "trials table")
+    _require(trials, _trial_columns(trials), "trials table")
+    shots = shots_in(trials)
     keys = ["dataset", "cells"]
     rows = []
     for group, frame in trials.groupby(keys, sort=False):
@@ -190,28 +194,32 @@ def table2(trials: pd.DataFrame) -> pd.DataFrame:
         base = by_method.get(BASELINE_METHOD)
         for method, f in by_method.items():
             row = dict(zip(keys, group)) | {"method": method, "seeds": int(len(f))}
-            for shot in SHOTS:
-                s = summarize_seeds(f[f"acc_{shot}"].to_numpy(), f[f"ci_{shot}"].to_numpy())
-                row |= {f"acc_{shot}": s.mean, f"ci_{shot}": s.ci, f"ci_{shot}_kind": s.kind}
-                row |= _delta(f, base, shot)
+            for k in shots:
+                row |= _accuracy_summary(f, k)
+                row |= _delta(f, base, k)
             rows.append(row)
     columns = keys + ["method", "seeds"] + [
-        c for shot in SHOTS for c in (f"acc_{shot}", f"ci_{shot}", f"ci_{shot}_kind",
-                                      f"delta_{shot}", f"delta_{shot}_ci")]
+        c for k in shots for c in (*_summary_columns(k), *_delta_columns(k))]
     return _sorted(pd.DataFrame(rows, columns=columns), ["dataset", "cells", "method"])
 
 
-def _delta(method: pd.DataFrame, base: pd.DataFrame | None, shot: str) -> dict[str, float]:
+def _delta_columns(shots: int) -> tuple[str, str]:
+    """(delta_Kshot, delta_Kshot_ci) of shot count K."""
+    return f"delta_{shots}shot", f"delta_{shots}shot_ci"
+
+
+def _delta(method: pd.DataFrame, base: pd.DataFrame | None, shots: int) -> dict[str, float]:
     """Difference to the baseline's mean, with a paired t-interval over shared seeds."""
-    col = f"acc_{shot}"
+    col = store.accuracy_column(shots)
+    name, name_ci = _delta_columns(shots)
     if base is None:
-        return {f"delta_{shot}": math.nan, f"delta_{shot}_ci": math.nan}
+        return {name: math.nan, name_ci: math.nan}
     a = method[col][np.isfinite(method[col])]
     b = base[col][np.isfinite(base[col])]
     delta = float(a.mean() - b.mean()) if len(a) and len(b) else math.nan
     shared = a.index.intersection(b.index)
     diffs = (a.loc[shared] - b.loc[shared]).to_numpy()
-    return {f"delta_{shot}": delta, f"delta_{shot}_ci": t_halfwidth(diffs)}
+    return {name: delta, name_ci: t_halfwidth(diffs)}
 
 
 # ----------------------------------------------------------------------------- correlations
@@ -239,7 +247,8 @@ def _proxy_label(column: str) -> str:
 def correlation_table(proxies: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Rank correlation of each training-free proxy with few-shot accuracy, per dataset.
 
-    For every proxy column present (PROXIES) and target (acc_1shot, acc_5shot): Kendall tau-b
+    For every proxy column present (PROXIES) and target (`accuracy_targets`: acc_1shot, acc_5shot
+    by default): Kendall tau-b
     and Spearman rho (`trainers.stats.rank_correlation`) between the oriented proxy (ranks, an
     infinite condition number worst) and the accuracy, with 95% percentile-bootstrap intervals from `n_boot` row resamples drawn by
     `numpy.random.default_rng(seed)`. Rows with a NaN proxy or accuracy are left out (`n`
@@ -252,7 +261,8 @@ def correlation_table(proxies: pd.DataFrame, *, n_boot: int = 1000, seed: int = 
     """
     if n_boot < 0:
         raise ValueError(f"n_boot must be >= 0, got {n_boot}")
-    _require(proxies, ("dataset",) + TARGETS, "proxies table")
+    targets = accuracy_targets(proxies)
+    _require(proxies, ("dataset",) + targets, "proxies table")
     present = [p for p in PROXIES if p in proxies.columns]
     if not present:
         raise ValueError(f"proxies table has none of the proxy columns {list(PROXIES)}")
@@ -262,7 +272,7 @@ def correlation_table(proxies: pd.DataFrame, *, n_boot: int = 1000, seed: int = 
     rows = []
     for dataset, frame in proxies.groupby("dataset", sort=True):
         for proxy in present + baselines:
-            for target in TARGETS:
+            for target in targets:
                 rows.append({"dataset": dataset, "proxy": proxy, "target": target,
                              "orientation": _orientation(proxy)}
                             | rank_correlation(frame[proxy].to_numpy(dtype=np.float64),
@@ -281,7 +291,7 @@ def proxy_difference_table(proxies: pd.DataFrame, *,
 
     For every dataset, pair (a, b) in `pairs` whose two columns are present (pairs with a
     missing column are skipped; a name outside PROXIES and BASELINES is a ValueError) and
-    target (acc_1shot, acc_5shot): tau_a and tau_b, the Kendall tau-b of each oriented proxy
+    target (`accuracy_targets`): tau_a and tau_b, the Kendall tau-b of each oriented proxy
     (as in `correlation_table`: `oriented_ranks`, an infinite condition number ranks worst)
     with the accuracy, and tau_diff = tau_a - tau_b. Both are computed on the same rows:
     those where a, b and the target are all non-NaN (`n`), so tau_a can differ from the
@@ -299,7 +309,8 @@ def proxy_difference_table(proxies: pd.DataFrame, *,
     """
     if n_boot < 0:
         raise ValueError(f"n_boot must be >= 0, got {n_boot}")
-    _require(proxies, ("dataset",) + TARGETS, "proxies table")
+    targets = accuracy_targets(proxies)
+    _require(proxies, ("dataset",) + targets, "proxies table")
     for name in {name for pair in pairs for name in pair}:
         _higher_is_better(name)  # a typo is an error even when its column is absent
     present = [(a, b) for a, b in pairs if a in proxies.columns and b in proxies.columns]
@@ -307,7 +318,7 @@ def proxy_difference_table(proxies: pd.DataFrame, *,
     rows = []
     for dataset, frame in proxies.groupby("dataset", sort=True):
         for a, b in present:
-            for target in TARGETS:
+            for target in targets:
                 rows.append({"dataset": dataset, "proxy_a": a, "proxy_b": b, "target": target}
                             | paired_tau_difference(frame[a].to_numpy(dtype=np.float64),
                                                     frame[b].to_numpy(dtype=np.float64),
@@ -320,17 +331,6 @@ def proxy_difference_table(proxies: pd.DataFrame, *,
 
 
 # ----------------------------------------------------------------------------- Markdown
-
-
-def format_seconds(seconds: float) -> str:
-    """Human duration: '45.0 s', '12.3 min', '1.54 h'; '–' for NaN."""
-    if seconds is None or not math.isfinite(seconds):
-        return "–"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 3600:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.2f} h"
 
 
 def format_acc(mean: float, ci: float, kind: str = CI_SEEDS) -> str:
@@ -358,31 +358,39 @@ _DAGGER_NOTE = ("± is the 95% t-interval across seeds of the per-seed episode m
                 "a single seed, where ± is that trial's own 95% interval over episodes.")
 
 
+def _format_summary(row: Mapping[str, object], shots: int) -> str:
+    """`format_acc` of a table row's accuracy of `shots` (`_summary_columns`)."""
+    acc, ci, kind = _summary_columns(shots)
+    return format_acc(row[acc], row[ci], row[kind])
+
+
 def table1_markdown(t1: pd.DataFrame) -> str:
-    """Markdown of `table1` (accuracies in percent)."""
-    rows = [(r.dataset, r.method, r.cells, r.seeds, f"{r.params_m:.2f}",
-             format_seconds(r.search_device_seconds),
-             format_acc(r.acc_1shot, r.ci_1shot, r.ci_1shot_kind),
-             format_acc(r.acc_5shot, r.ci_5shot, r.ci_5shot_kind)) for r in t1.itertuples()]
-    return markdown_table(["dataset", "method", "cells", "seeds", "params (M)",
-                           "search (device time)", "1-shot (%)", "5-shot (%)"], rows,
-                          "llrrrrrr") + "\n\n" + _DAGGER_NOTE
+    """Markdown of `table1` (accuracies in percent), one column per shot count."""
+    shots = shots_in(t1)
+    rows = [(r["dataset"], r["method"], r["cells"], r["seeds"], f"{r['params_m']:.2f}",
+             format_seconds(r["search_device_seconds"]), *(_format_summary(r, k) for k in shots))
+            for r in t1.to_dict("records")]
+    return markdown_table(["dataset", "method", "cells", "seeds", "params (M)", "search (device time)",
+                           *(f"{shot_label(k)} (%)" for k in shots)], rows,
+                          "llrrrr" + "r" * len(shots)) + "\n\n" + _DAGGER_NOTE
 
 
 def table2_markdown(t2: pd.DataFrame) -> str:
     """Markdown of `table2` (percent; Δ in percentage points vs `random`)."""
-    def delta(r: tuple, shot: str) -> str:
-        if r.method == BASELINE_METHOD:
-            return "(baseline)"
-        return format_delta(getattr(r, f"delta_{shot}"), getattr(r, f"delta_{shot}_ci"))
+    shots = shots_in(t2)
 
-    rows = [(r.dataset, r.cells, r.method, r.seeds,
-             format_acc(r.acc_1shot, r.ci_1shot, r.ci_1shot_kind), delta(r, "1shot"),
-             format_acc(r.acc_5shot, r.ci_5shot, r.ci_5shot_kind), delta(r, "5shot"))
-            for r in t2.itertuples()]
-    return markdown_table(["dataset", "cells", "method", "seeds", "1-shot (%)",
-                           f"Δ 1-shot vs {BASELINE_METHOD}", "5-shot (%)",
-                           f"Δ 5-shot vs {BASELINE_METHOD}"], rows, "lrlrrrrr") + (
+    def delta(r: Mapping[str, object], k: int) -> str:
+        if r["method"] == BASELINE_METHOD:
+            return "(baseline)"
+        name, name_ci = _delta_columns(k)
+        return format_delta(r[name], r[name_ci])
+
+    rows = [(r["dataset"], r["cells"], r["method"], r["seeds"],
+             *(text for k in shots for text in (_format_summary(r, k), delta(r, k))))
+            for r in t2.to_dict("records")]
+    headers = [h for k in shots for h in (f"{shot_label(k)} (%)", f"Δ {shot_label(k)} vs {BASELINE_METHOD}")]
+    return markdown_table(["dataset", "cells", "method", "seeds", *headers], rows,
+                          "lrlr" + "rr" * len(shots)) + (
         "\n\n" + _DAGGER_NOTE + f" Δ: difference of means to `{BASELINE_METHOD}` in "
         "percentage points, ± a paired 95% t-interval over shared seeds (same seed = same "
         "episodes) when there are at least two.")
@@ -435,152 +443,23 @@ def searches_markdown(searches: pd.DataFrame) -> str:
                           "llrrrrrlrr")
 
 
-# ----------------------------------------------------------------------------- report
+def accuracies_with_added_evaluations(trials: Any, episodes: Any) -> Any:
+    """`trials` with each missing (NaN) `acc_<K>shot` / `ci_<K>shot` filled from the trial's
+    `episodes` rows of K shots (mean, 95% t half-width): the shot counts evaluated after the
+    trial's row was written. The rows on disk are not changed."""
+    import math
 
+    from trainers.stats import mean_confidence_interval
 
-@dataclass(frozen=True)
-class Report:
-    """A rendered report: Markdown text, the tables behind it, and the figures found."""
-
-    markdown: str
-    tables: Mapping[str, pd.DataFrame] = field(default_factory=dict)  # csv stem -> table
-    figures: tuple[Path, ...] = ()
-
-
-class ReportFiles(dict[str, Path]):
-    """`write_report`'s result: file name -> written path, plus the Markdown text."""
-
-    def __init__(self, paths: Mapping[str, Path], markdown: str) -> None:
-        super().__init__(paths)
-        self.markdown = markdown
-
-    def summary(self) -> list[str]:
-        """One line per written file, the figures folded into one line (there is one per
-        trial and search)."""
-        figures = [p for name, p in self.items() if name.startswith("figures/")]
-        lines = [str(p) for name, p in self.items() if not name.startswith("figures/")]
-        if figures:
-            lines.append(f"{figures[0].parent}/ ({len(figures)} figure files, SVG and PNG)")
-        return lines
-
-
-def _figures(layout: store.ResultsLayout) -> tuple[Path, ...]:
-    found = sorted(layout.plots.glob("*.png")) + sorted(layout.cells.glob("*.svg"))
-    return tuple(found)
-
-
-def read_results(results_dir: str | os.PathLike[str]) -> dict[str, pd.DataFrame]:
-    """Every table of `results_dir` (name -> DataFrame). Raises FileNotFoundError for a
-    missing folder and ValueError when it holds no Parquet table at all."""
-    root = store.results_layout(results_dir).root
-    if root.exists() and not root.is_dir():
-        raise NotADirectoryError(f"{root} is a file, not a results folder; pass the folder `metantk-nas run` "
-                                 "writes (results/<experiment>), not a file inside it")
-    if not root.is_dir():
-        raise FileNotFoundError(f"results folder {root} does not exist; run `metantk-nas run "
-                                "EXPERIMENT.toml` first and pass the folder it writes "
-                                "(results/<experiment>)")
-    if not store.has_parquet(root):
-        raise ValueError(f"no Parquet results under {root} (expected {', '.join(store.TABLES)} "
-                         "folders); run `metantk-nas run EXPERIMENT.toml` first")
-    from harness.growth import accuracies_with_added_evaluations
-
-    data = {name: store.read_table(root, name) for name in store.TABLES}
-    # growth: shot counts evaluated after a trial's row was written live in `episodes`
-    data["trials"] = accuracies_with_added_evaluations(data["trials"], data["episodes"])
-    return data
-
-
-def build_report(results_dir: str | os.PathLike[str], *, n_boot: int = 1000,
-                 seed: int = 0, link_base: str | os.PathLike[str] | None = None,
-                 data: Mapping[str, pd.DataFrame] | None = None,
-                 extra_figures: Sequence[Path] = ()) -> Report:
-    """Read the Parquet tables of `results_dir` and render the report (writes nothing).
-
-    link_base: folder the Markdown's figure links are relative to (default: the report
-    folder). data: the tables if already read (`read_results`). extra_figures: figures
-    written for this report (`harness.figures`), linked after those found in plots/ and
-    cells/. Raises as `read_results`.
-    """
-    layout = store.results_layout(results_dir)
-    root = layout.root
-    data = dict(data) if data is not None else read_results(root)
-    counts = ", ".join(f"{name} {len(frame)}" for name, frame in data.items())
-    experiments = sorted(set().union(*(set(f["experiment"]) for f in data.values())))
-    parts = [f"# Results: {root.name}", "",
-             f"Folder: `{root}`. Experiment(s): {', '.join(experiments) or '–'}. "
-             f"Rows: {counts}."]
-    tables: dict[str, pd.DataFrame] = {}
-    trials, searches = data["trials"], data["searches"]
-    if trials.empty:
-        parts += ["", "## Table 1", "", "_No `trials` rows: Tables 1 and 2 need trained and "
-                  "evaluated architectures (`metantk-nas run` or `metantk-nas train`)._"]
-    else:
-        tables["table1"] = table1(trials, searches)
-        tables["table2"] = table2(trials)
-        parts += ["", "## Table 1: searched cells, few-shot accuracy", "",
-                  table1_markdown(tables["table1"]),
-                  "", "## Table 2: ablation (search method)", "",
-                  table2_markdown(tables["table2"])]
-    if not searches.empty:
-        parts += ["", "## Searches", "", searches_markdown(searches)]
-    if not data["proxies"].empty:
-        tables["correlations"] = correlation_table(data["proxies"], n_boot=n_boot, seed=seed)
-        parts += ["", "## Proxy quality: rank correlation with few-shot accuracy", "",
-                  correlations_markdown(tables["correlations"])]
-        differences = proxy_difference_table(data["proxies"], n_boot=n_boot, seed=seed)
-        if not differences.empty:
-            tables["proxy_differences"] = differences
-            parts += ["", "## Proxy comparison: paired difference in Kendall τ", "",
-                      proxy_differences_markdown(differences)]
-    else:
-        parts += ["", "_No `proxies` rows: the correlation study "
-                  "(experiments/correlation_omniglot.toml) has not been run here._"]
-    from harness.leaderboard import leaderboard_section  # empty without `proxy_scores` rows
-
-    lines, extra = leaderboard_section(data, n_boot=n_boot, seed=seed)
-    parts += lines
-    tables |= extra
-    figures = _figures(layout) + tuple(extra_figures)
-    base = Path(link_base) if link_base is not None else layout.report
-    if figures:
-        parts += ["", "## Figures", ""]
-        parts += [f"- [`{(f.relative_to(root) if f.is_relative_to(root) else f).as_posix()}`]"
-                  f"({Path(os.path.relpath(f, base)).as_posix()})" for f in figures]
-    return Report(markdown="\n".join(parts) + "\n", tables=tables, figures=figures)
-
-
-def write_report(results_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None,
-                 *, n_boot: int = 1000, seed: int = 0, figures: bool = True) -> ReportFiles:
-    """Write report.md, one CSV per table, the figures and index.html, atomically.
-
-    Tables: table1, table2 (with trials), correlations and proxy_differences (with proxies).
-    Figures (`harness.figures.write_figures`, SVG and PNG in `<out>/figures/`) and
-    `<out>/index.html` (`harness.html_report`) unless `figures=False`.
-
-    out_dir defaults to `results_dir/report/`. Returns file name -> path, with the Markdown
-    text in `.markdown`.
-    """
-    from harness.figures import FIGURE_DIR, FigureSet, write_figures
-    from harness.html_report import INDEX_FILE, render_index
-
-    layout = store.results_layout(results_dir)
-    out = Path(out_dir) if out_dir is not None else layout.report
-    data = read_results(results_dir)
-    figure_set = (write_figures(results_dir, out / FIGURE_DIR, data=data, n_boot=n_boot, seed=seed)
-                  if figures else FigureSet())
-    report = build_report(results_dir, n_boot=n_boot, seed=seed, link_base=out, data=data,
-                          extra_figures=[p for p in figure_set.paths() if p.suffix == ".svg"])
-    paths = {"report.md": store.write_text_atomic(out / "report.md", report.markdown)}
-    for stem, frame in report.tables.items():
-        paths[f"{stem}.csv"] = store.write_text_atomic(out / f"{stem}.csv",
-                                                       frame.to_csv(index=False))
-    if figures:
-        for path in figure_set.paths():
-            paths[path.relative_to(out).as_posix()] = path
-        # The page shows the tables but not the figure list (the figures are on the page).
-        # and not the title (the page has its own).
-        tables_md = report.markdown.split("\n## Figures\n")[0].split("\n", 1)[1]
-        paths[INDEX_FILE] = store.write_text_atomic(
-            out / INDEX_FILE, render_index(tables_md, figure_set, data["searches"], layout, out))
-    return ReportFiles(paths, report.markdown)
+    if trials.empty or episodes.empty:
+        return trials
+    out = trials.copy()
+    index = {t: i for i, t in zip(out.index, out["trial_id"])}
+    for (trial_id, shots), group in episodes.groupby(["trial_id", "shots"]):
+        acc, ci = f"acc_{int(shots)}shot", f"ci_{int(shots)}shot"
+        i = index.get(trial_id)
+        if i is None or acc not in out.columns or not math.isnan(out.at[i, acc]):
+            continue
+        mean, half = mean_confidence_interval(group["accuracy"].tolist())
+        out.at[i, acc], out.at[i, ci] = float(mean), float(half)
+    return out

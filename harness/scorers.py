@@ -52,8 +52,10 @@ class ScorerActor:
     def score(self, job: Job, batch: int = 0) -> tuple[str, list[tuple[Hashable, Score]]]:
         from harness.scoring import default_batch, score_job
 
+        from harness.shared_data import preloaded_split
+
         return self.label, score_job(self._scorers, job, self.device, batch or default_batch(self.device),
-                                     self._shared)
+                                     lambda spec: preloaded_split(self._shared, spec))
 
 
 def scorer_plan(cluster: dict[str, float], requested: int, gpus_per_worker: float) -> tuple[int, dict[str, float]]:
@@ -114,7 +116,8 @@ class ScorerPool:
         pending = jobs if isinstance(jobs, JobFeed) else JobFeed(jobs)
         inflight: dict[Any, tuple[Job, int]] = {}
         load = [0] * self.size
-        submitted = resubmits = 0
+        taken = resubmits = 0  # jobs taken from the feed (a put-back job counts once), retries
+        retried: set[int] = set()  # ids of put-back jobs, still referenced by the feed
         while pending or inflight:
             while pending:
                 idx = min(range(self.size), key=lambda i: load[i])
@@ -123,7 +126,10 @@ class ScorerPool:
                 job = pending.pop()
                 inflight[self._actors[idx].score.remote(job, self.batch)] = (job, idx)
                 load[idx] += 1
-                submitted += 1
+                if id(job) in retried:
+                    retried.discard(id(job))
+                else:
+                    taken += 1
             ready, _ = ray.wait(list(inflight), num_returns=1)
             for ref in ready:
                 job, idx = inflight.pop(ref)
@@ -132,11 +138,12 @@ class ScorerPool:
                     label, scores = ray.get(ref)
                 except ray.exceptions.RayActorError:
                     resubmits += 1
-                    if resubmits > 3 * self.size + submitted:
+                    if resubmits > 3 * self.size + taken:
                         raise
                     time.sleep(0.5)
                     self._actors[idx] = self._new_actor(idx)
                     pending.put_back(job)
+                    retried.add(id(job))
                     continue
                 on_result(job, label, scores)
 

@@ -10,71 +10,25 @@ candidate of one (round, repeat) share weights and data: the deltas compare like
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from dataclasses import dataclass, field
 from collections import deque
-from typing import Any, Hashable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
 
-from harness.config import PROXY_MEASURE_PREFIX, absolute_root
+from harness.methods import PROXY_MEASURE_PREFIX
+from harness.specs import ScoreSpec, spec_from_config  # noqa: F401  (spec_from_config re-exported)
 from kernels.proxy_names import PROXY_NAMES
+from trainers.seeds import generator  # noqa: F401  (the key -> generator of every draw)
 
 # What a method may ask for: condition number of the MetaNTK, of the plain NTK, regions,
 # and any proxy of kernels.proxies as "proxy:<name>".
 MEASURE_NAMES: tuple[str, ...] = ("cn_meta", "cn_ntk", "rn")
 PROXY_MEASURES: tuple[str, ...] = tuple(f"{PROXY_MEASURE_PREFIX}{n}" for n in PROXY_NAMES)
 N_CELL_TYPES, N_EDGES, N_OPS = 2, 9, 7
-
-
-def derive_seed(*parts: Any) -> int:
-    """A 63-bit seed from any tuple of ids (stable across processes, unlike `hash`)."""
-    digest = hashlib.sha256(repr(parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def generator(*parts: Any) -> torch.Generator:
-    return torch.Generator().manual_seed(derive_seed(*parts))
-
-
-@dataclass(frozen=True)
-class ScoreSpec:
-    """Everything that fixes the networks and data of a search (not the masks or the key)."""
-
-    dataset: str
-    root: str
-    split: str
-    dataset_options: tuple[tuple[str, Any], ...]
-    image_size: int          # dataset load size (0 = native)
-    data_seed: int
-    cells: int
-    init_channels: int
-    tasks: int
-    ways: int
-    shots: int
-    queries: int
-    kernel_image_size: int
-    algorithm: str           # maml | anil
-    inner_time: float
-    reg: float
-    kernel_output: str
-    kernel_params: str
-    kernel_backend: str
-    norm: str
-    region_inputs: int
-    region_batches: int
-    # Overrides of kernels.proxies.ProxySettings fields (name, value), for "proxy:" measures.
-    proxy_options: tuple[tuple[str, Any], ...] = ()
-    kernel_normalization: str = "cifar"  # trainers.episodes.KERNEL_NORMALIZATIONS
-    ntk_batch: str = "plain"             # plain NTK: "plain" (reference) | "tasks"
-
-    @property
-    def model_key(self) -> tuple:
-        return (self.dataset, self.root, self.split, self.dataset_options, self.image_size, self.data_seed,
-                self.cells, self.init_channels, self.ways, self.norm, self.ntk_batch)
 
 
 @dataclass(frozen=True)
@@ -138,9 +92,10 @@ def proxy_settings(spec: "ScoreSpec") -> Any:
     """`kernels.proxies.ProxySettings` of a spec: its kernel settings and `proxy_options`."""
     from kernels.proxies import ProxySettings
 
-    return ProxySettings(kernel_output=spec.kernel_output, kernel_params=spec.kernel_params,
-                         kernel_backend=spec.kernel_backend, region_batch=spec.region_inputs,
-                         **dict(spec.proxy_options))
+    k = spec.kernel
+    return ProxySettings(kernel_output=k.kernel_output, kernel_params=k.kernel_params,
+                         kernel_backend=k.kernel_backend, region_batch=spec.regions.region_inputs,
+                         **dict(k.proxy_options))
 
 
 def check_measures(measures: tuple[str, ...]) -> None:
@@ -188,23 +143,23 @@ class Scorer:
 
     def __post_init__(self) -> None:
         from search_spaces.supernet import HeadedSupernet, Supernet, thin_supernet
-        from trainers.data import NORMALIZATION, load_split
+        from trainers.data import NORMALIZATION
         from trainers.episodes import kernel_normalization
 
-        s = self.spec
-        self.split = self.preloaded if self.preloaded is not None else load_split(
-            s.dataset, s.root or None, s.split, image_size=s.image_size or None, seed=s.data_seed,
-            **dict(s.dataset_options))
-        self.normalization = NORMALIZATION[s.dataset]  # region inputs: the dataset's statistics
-        self.kernel_normalization = kernel_normalization(s.kernel_normalization, self.split)
+        data, net, k = self.spec.data, self.spec.network, self.spec.kernel
+        # `preloaded`: the split from the object store (`harness.shared_data`), read zero-copy
+        self.split = self.preloaded if self.preloaded is not None else data.load(data.train_split)
+        self.normalization = NORMALIZATION[data.name]  # region inputs: the dataset's statistics
+        self.kernel_normalization = kernel_normalization(k.kernel_normalization, self.split)
         in_channels = int(self.split.images.shape[1])
         # The kernel network: the evaluation-size supernet with sample-independent norms and
         # a fresh `ways`-logit head, in train mode (as the reference).
-        self.net = Supernet(s.init_channels, s.ways, s.cells, in_channels=in_channels, norm=s.norm).to(self.device)
+        self.net = Supernet(net.init_channels, k.ways, net.cells, in_channels=in_channels,
+                            norm=k.norm).to(self.device)
         self.net.train()
         # The plain NTK's network: the same body under a head over the base classes.
         self.ntk_net = (HeadedSupernet(self.net, self.split.n_classes).to(self.device).train()
-                        if s.ntk_batch == "plain" else self.net)
+                        if k.ntk_batch == "plain" else self.net)
         # The linear-region network: thin supernet on 1x3x3 single-channel crops.
         self.thin = thin_supernet(in_channels=1).to(self.device)
         self.thin.train()
@@ -216,7 +171,7 @@ class Scorer:
         from search_spaces.init import reinitialize
         from trainers.episodes import sample_kernel_batch, sample_plain_batch, sample_region_inputs
 
-        s = self.spec
+        s, r = self.spec.kernel, self.spec.regions
         reinitialize(self.net, generator(*key, "kernel-weights"))
         reinitialize(self.thin, generator(*key, "region-weights"))
         batch = sample_kernel_batch(self.split, tasks=s.tasks, ways=s.ways, shots=s.shots, queries=s.queries,
@@ -231,7 +186,7 @@ class Scorer:
                                             generator=generator(*key, "ntk-batch")).images.to(self.device)
         else:
             self.ntk_x = self.x
-        self.region_x = sample_region_inputs(self.split, n=s.region_inputs * s.region_batches,
+        self.region_x = sample_region_inputs(self.split, n=r.region_inputs * r.region_batches,
                                              normalization=self.normalization,
                                              generator=generator(*key, "region-inputs")).to(self.device)
         self.labels = batch.labels.to(self.device)
@@ -242,7 +197,7 @@ class Scorer:
         kernel batch (with its task-local labels) and region inputs as the condition numbers."""
         from kernels.proxies import ProxyBatch, compute_proxy, get_proxy
 
-        batch = ProxyBatch(self.x, self.labels, self.tasks, self.spec.ways, self.region_x)
+        batch = ProxyBatch(self.x, self.labels, self.tasks, self.spec.kernel.ways, self.region_x)
         settings = proxy_settings(self.spec)
         values, seconds = {}, {}
         for measure in names:
@@ -259,7 +214,7 @@ class Scorer:
     def _cn(self, meta: bool) -> float:
         from kernels import anil_inner_kernel, condition_number, empirical_ntk, head_features, meta_ntk
 
-        s = self.spec
+        s = self.spec.kernel
         if not meta:
             return condition_number(empirical_ntk(self.ntk_net, self.ntk_x, output=s.kernel_output,
                                                   params=s.kernel_params, backend=s.kernel_backend))
@@ -284,7 +239,7 @@ class Scorer:
         """
         from kernels import anil_inner_kernel, condition_number, empirical_ntk, head_features, meta_ntk
 
-        s = self.spec
+        s = self.spec.kernel
         net, x = (self.net, self.x) if meta else (self.ntk_net, self.ntk_x)
         k, n = len(masks), x.shape[0]
         self.net.sample_masks = torch.from_numpy(np.stack(masks)).to(self.device)
@@ -314,7 +269,7 @@ class Scorer:
         check_measures(measures)
         if batch <= 1 or len(masks) == 1 or not any(m.startswith("cn") for m in measures):
             return [self.score(m, key, measures) for m in masks]
-        if self.spec.kernel_output != "sum":
+        if self.spec.kernel.kernel_output != "sum":
             raise ValueError("batched scoring supports kernel_output = 'sum' only")
         start = time.perf_counter()
         self._prepare(key)
@@ -359,42 +314,11 @@ class Scorer:
             self.thin.set_masks(m)
             # Batches of `region_inputs` as the reference: the thin net's train-mode BatchNorm
             # normalises each batch with its own statistics.
-            out["rn"] = float(count_linear_regions(self.thin, self.region_x, batch_size=self.spec.region_inputs))
+            out["rn"] = float(count_linear_regions(self.thin, self.region_x,
+                                                   batch_size=self.spec.regions.region_inputs))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return Score(**out, seconds=time.perf_counter() - start)
-
-
-def _freeze(value: Any) -> Any:
-    """Lists from TOML become tuples so a spec stays hashable (actors cache scorers by spec)."""
-    if isinstance(value, (list, tuple)):
-        return tuple(_freeze(v) for v in value)
-    if isinstance(value, dict):
-        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
-    return value
-
-
-def spec_from_config(cfg: Any, cells: int) -> ScoreSpec:
-    """The `ScoreSpec` of one search of an `ExperimentConfig` (harness.config)."""
-    d, s = cfg.dataset, cfg.search
-    k = s.kernel_for(cells)  # per-cell-count kernel settings (search.kernel_by_cells)
-    return ScoreSpec(
-        dataset=d.name, root=absolute_root(d.root), split=d.train_split,
-        dataset_options=tuple(sorted((k, _freeze(v)) for k, v in d.options.items())), image_size=d.image_size, data_seed=cfg.experiment.seed,
-        cells=cells, init_channels=s.init_channels, tasks=s.tasks, ways=s.ways, shots=s.shots, queries=s.queries,
-        kernel_image_size=s.kernel_image_size, algorithm=k.algorithm, inner_time=k.inner_time, reg=k.reg,
-        kernel_output=s.kernel_output, kernel_params=s.kernel_params, kernel_backend=s.kernel_backend,
-        norm=s.norm, region_inputs=s.region_inputs, region_batches=s.region_batches,
-        proxy_options=proxy_options_from_config(cfg),
-        kernel_normalization=s.kernel_normalization, ntk_batch=s.ntk_batch,
-    )
-
-
-def proxy_options_from_config(cfg: Any) -> tuple[tuple[str, Any], ...]:
-    """ProxySettings overrides of a config: the MAML MetaNTK proxies use [search] inner_time
-    and reg, the ANIL ones [study] anil_inner_time and anil_reg (as the proxy study)."""
-    return (("anil_inner_time", cfg.study.anil_inner_time), ("anil_reg", cfg.study.anil_reg),
-            ("maml_inner_time", cfg.search.inner_time), ("maml_reg", cfg.search.reg))
 
 
 # Candidates per forward/backward on a GPU, where the per-layer work of one 30-image batch is
@@ -408,18 +332,14 @@ def default_batch(device: torch.device) -> int:
 
 
 def score_job(scorers: dict[ScoreSpec, Scorer], job: Job, device: torch.device, batch: int,
-              shared: Mapping[Any, Any] | None = None) -> list[tuple[Hashable, Score]]:
+              preload: Callable[[ScoreSpec], Any] | None = None) -> list[tuple[Hashable, Score]]:
     """Score one job with the cached `Scorer` of its spec (built on first use, kept in
     `scorers`); `batch` candidates per kernel pass. Shared by `InlinePool` and the Ray actors.
-    `shared`: splits loaded once by the driver (`harness.shared_data.load_shared`), used
-    instead of reading the dataset root when the spec's split is among them."""
+    `preload(spec)`: the spec's training split when the caller has it already (the actors:
+    `harness.shared_data.preloaded_split`, from the object store), None to read the root."""
     scorer = scorers.get(job.spec)
     if scorer is None:
-        from harness.shared_data import score_data_key, shared_split
-
-        arrays = (shared or {}).get(score_data_key(job.spec))
-        scorer = scorers[job.spec] = Scorer(job.spec, device,
-                                            preloaded=None if arrays is None else shared_split(arrays))
+        scorer = scorers[job.spec] = Scorer(job.spec, device, preloaded=preload(job.spec) if preload else None)
     scores = scorer.score_many([m for _, m in job.items], job.key, job.measures, batch=batch)
     return [(ident, sc) for (ident, _), sc in zip(job.items, scores)]
 

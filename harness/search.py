@@ -29,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Hashable
+from typing import Any, Hashable, Mapping
 
 import numpy as np
 
@@ -39,11 +39,12 @@ from harness.config import (FIXED_METHODS, GENOTYPE_METHOD_PREFIX, PROXY_MEASURE
 from harness.errors import UserError
 from harness.ranking import (Candidate, choose_prunes, keep_edges, oriented_delta, rank_candidates, ranking_mode,
                              relative_delta)
-from harness.scoring import (N_CELL_TYPES, N_EDGES, N_OPS, Job, JobFeed, Score, ScoreSpec, generator,
-                             spec_from_config)
+from harness.plans import (STATE_FILE, SearchPlan, plan_searches,  # noqa: F401  (re-exported)
+                           read_state_file as _read_state_file, searches_with_progress)
+from harness.scoring import N_CELL_TYPES, N_EDGES, N_OPS, Job, JobFeed, Score, ScoreSpec, spec_from_config
 from search_spaces.genotypes import CELL_TYPES, INPUTS_PER_NODE, NODE_EDGES
+from trainers.seeds import generator
 
-STATE_FILE = "state/searches.json"
 
 
 def primary_measure(measures: tuple[str, ...]) -> str | None:
@@ -69,27 +70,6 @@ def measure_delta(measure: str, origin: float, pruned: float) -> float:
 
 class SearchInterrupted(RuntimeError):
     """Raised by `run_searches(stop_after_round=k)` (tests, and a user's Ctrl-C)."""
-
-
-@dataclass(frozen=True)
-class SearchPlan:
-    search_id: str
-    dataset: str
-    method: str
-    seed: int
-    cells: int
-
-
-def plan_searches(cfg: ExperimentConfig) -> list[SearchPlan]:
-    """One search per (method, seed, cells), in config order (ids are file-name safe)."""
-    plans = []
-    for method in cfg.search.methods:
-        for seed in cfg.search.seeds:
-            for cells in cfg.search.cells:
-                safe = method.replace(":", "-").replace("+", "-")  # results keys allow no ':' or '+'
-                plans.append(SearchPlan(f"{cfg.dataset.name}-{safe}-s{seed}-c{cells}", cfg.dataset.name,
-                                        method, seed, cells))
-    return plans
 
 
 @dataclass
@@ -237,42 +217,17 @@ FRESH_HINT = ("rerun with --fresh to move the old results aside into RESULTS_DIR
               "(nothing is deleted), use another experiment name, or restore the original config")
 
 
-def _read_state_file(path: Path, *, warn: bool = True) -> dict[str, Any] | None:
-    """The state file's JSON; None (after a warning naming it, if `warn`) when it is unreadable.
-
-    The state only records progress: rounds are pure functions of their ids, so a search
-    restarted from zero rewrites the same candidate rows and ends with the same genotype.
-    """
-    try:
-        data = json.loads(path.read_text())
-        if not isinstance(data, dict) or not isinstance(data.get("searches"), list):
-            raise ValueError("not a search state object")
-        return data
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        if warn:
-            print(f"warning: {path} is unreadable ({exc}); the searches start over and rewrite the same rows",
-                  file=sys.stderr)
-        return None
-
-
-def searches_with_progress(results_dir: Path) -> set[str]:
-    """Ids of the searches whose saved state has progress (a finished round, or done)."""
-    path = Path(results_dir) / STATE_FILE
-    data = _read_state_file(path, warn=False) if path.is_file() else None
-    return {d.get("search_id") for d in (data or {}).get("searches", [])
-            if isinstance(d, dict) and (d.get("round", 0) or d.get("stage") == "done")}
-
-
-def _load_state(cfg: ExperimentConfig, plans: list[SearchPlan], *, warn: bool = True) -> list[SearchState] | None:
+def _load_state(cfg: ExperimentConfig, plans: list[SearchPlan], *, warn: bool = True,
+                recorded: Mapping[str, Any] | None = None) -> list[SearchState] | None:
     """The saved state of each search of `plans` (a fresh one for a search without any).
 
     Growth: each search is checked on its own against the settings it was recorded with
     (`harness.identity`); other seeds, methods or cell counts in the file or the config do
     not matter. A search with progress made under other settings is refused (UserError
-    naming the changed settings); one without progress starts over.
+    naming the changed settings); one without progress starts over. `recorded`: the recorded
+    identities (`harness.growth.recorded_identities`); default: the ledger on disk.
     """
-    from harness.growth import recorded_identities
-    from harness.identity import changed_settings, search_identity, search_key
+    from harness.identity import changed_settings, read_ledger, search_identity, search_key
 
     results_dir = cfg.results_dir
     path = results_dir / STATE_FILE
@@ -287,7 +242,7 @@ def _load_state(cfg: ExperimentConfig, plans: list[SearchPlan], *, warn: bool = 
         if warn:
             print(f"warning: {path} is unreadable ({exc}); the searches start over", file=sys.stderr)
         return None
-    recorded = recorded_identities(results_dir)
+    recorded = recorded if recorded is not None else (read_ledger(results_dir) or {})
     # A state file of older code has no identities: then its config must be this one.
     same_config = data.get("config_digest") == config_digest(cfg)
     states = []
@@ -304,9 +259,10 @@ def _load_state(cfg: ExperimentConfig, plans: list[SearchPlan], *, warn: bool = 
     return states
 
 
-def check_resumable(cfg: ExperimentConfig) -> None:
-    """Refuse (UserError) before anything is written if the saved state belongs to another config."""
-    _load_state(cfg, plan_searches(cfg), warn=False)  # run_searches warns
+def check_resumable(cfg: ExperimentConfig, recorded: Mapping[str, Any] | None = None) -> None:
+    """Refuse (UserError) before anything is written if a search's saved progress was made
+    with other settings (`_load_state`; `recorded` as there)."""
+    _load_state(cfg, plan_searches(cfg), warn=False, recorded=recorded)  # run_searches warns
 
 
 def _rounds_on_disk(results_dir: Path, state: SearchState) -> bool:
@@ -391,7 +347,7 @@ def run_searches(cfg: ExperimentConfig, pool: Any, *, resume: bool = False, stop
         if s.stage != "done" and s.method not in PRUNING_METHODS:
             s.genotype = fixed_genotype(by_id[s.search_id], cfg.experiment.seed).to_str()
             s.stage = "done"
-    _record_search_identities(cfg)  # growth: what each search is made with (harness.growth)
+    _record_search_identities(cfg, plans)  # what each search is made with (`harness.identity`)
     _save_state(results_dir, digest, states)
     repeats = cfg.search.repeats
     # One bar per pruning search, counting scored networks (candidates + origins, x repeats);
@@ -547,11 +503,10 @@ def _finish(cfg: ExperimentConfig, states: list[SearchState], by_id: dict[str, S
     return rows
 
 
-def _record_search_identities(cfg: ExperimentConfig) -> None:
-    from harness.growth import record_units
-    from harness.identity import planned_units
+def _record_search_identities(cfg: ExperimentConfig, plans: list[SearchPlan]) -> None:
+    from harness.identity import merge_into_ledger, search_unit
 
-    record_units(cfg.results_dir, planned_units(cfg, search=True, train=False).values())
+    merge_into_ledger(cfg.results_dir, [search_unit(cfg, p.search_id, p.method, p.seed, p.cells) for p in plans])
 
 
 def _finished_search_rows(results_dir: Path, search_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -583,11 +538,10 @@ def kernel_columns(cfg: ExperimentConfig, method: str, cells: int) -> dict[str, 
 
 def network_params(cfg: ExperimentConfig, genotype: Any, cells: int) -> int:
     """Parameter count of the evaluation network (head over the training classes)."""
+    from harness.specs import data_spec
     from search_spaces.network import Network
-    from trainers.data import load_split
 
-    split = load_split(cfg.dataset.name, cfg.dataset.root or None, cfg.dataset.train_split,
-                       image_size=cfg.dataset.image_size or None, seed=cfg.experiment.seed, **cfg.dataset.options)
+    split = data_spec(cfg).load(cfg.dataset.train_split)
     n_classes = len(split.class_names)
     channels = cfg.train.init_channels or cfg.search.init_channels
     net = Network(genotype, channels, n_classes, cells, in_channels=int(split.images.shape[1]))

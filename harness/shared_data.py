@@ -49,7 +49,7 @@ def _frozen(value: Any) -> Any:
 
 def split_key(dataset: str, root: str, split: str, image_size: int, seed: int, options: Any) -> SplitKey:
     """A `SplitKey` (options as a sorted tuple: a dict, or already a tuple of pairs)."""
-    from harness.config import absolute_root
+    from harness.specs import absolute_root
 
     pairs = options if isinstance(options, tuple) else _frozen(dict(options))
     return SplitKey(dataset, absolute_root(root), split, int(image_size or 0), int(seed), pairs)
@@ -79,22 +79,36 @@ def shared_split(arrays: Mapping[str, Any]) -> Any:
     return ImageSplit(images, labels, tuple(arrays["class_names"]), arrays["dataset"], arrays["split"])
 
 
+def data_split_key(data: Any, split: str) -> SplitKey:
+    """The key of split `split` of a `harness.specs.DataSpec` (the one way trials, scorers and
+    the driver name a split, so their keys agree)."""
+    return split_key(data.name, data.root, split, data.image_size, data.seed, data.options)
+
+
 def trial_data_keys(cfg: Any) -> dict[str, SplitKey]:
     """The splits a trial of `cfg` reads: "train" (pre-training) and "eval" (few-shot episodes)."""
-    d = cfg.dataset
-    return {role: split_key(d.name, d.root, name, d.image_size, cfg.experiment.seed, d.options)
-            for role, name in (("train", d.train_split), ("eval", d.eval_split))}
+    from harness.specs import data_spec
+
+    d = data_spec(cfg)
+    return {"train": data_split_key(d, d.train_split), "eval": data_split_key(d, d.eval_split)}
 
 
 def score_data_key(spec: Any) -> SplitKey:
-    """The split a scorer of `harness.scoring.ScoreSpec` `spec` reads."""
-    return split_key(spec.dataset, spec.root, spec.split, spec.image_size, spec.data_seed, spec.dataset_options)
+    """The split a scorer of `harness.specs.ScoreSpec` `spec` reads."""
+    return data_split_key(spec.data, spec.data.train_split)
 
 
 def load_shared(keys: Any) -> dict[SplitKey, dict[str, Any]]:
     """{key: `split_arrays`} of each distinct split of `keys`, loaded once (on the driver), to
     go into the object store in one piece (`ray.put`, or `tune.with_parameters`)."""
     return {key: split_arrays(key.load()) for key in dict.fromkeys(keys)}
+
+
+def preloaded_split(shared: Mapping[SplitKey, Mapping[str, Any]] | None, spec: Any) -> Any:
+    """The split a scorer of `spec` reads, from `shared` (`load_shared`), or None when it is
+    not there (the scorer then reads the dataset root): `harness.scoring.score_job`'s `preload`."""
+    arrays = (shared or {}).get(score_data_key(spec))
+    return None if arrays is None else shared_split(arrays)
 
 
 def resolve_split(shared: Mapping[SplitKey, Mapping[str, Any]] | None, key: SplitKey) -> Any:

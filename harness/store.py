@@ -13,6 +13,10 @@ naming the file and the column. Conventions of the stored values:
 
 - accuracies (`acc_*`, `accuracy`, `final_train_acc`, `train_acc`) are fractions in [0, 1]; `ci_*` are
   half-widths of 95% intervals in the same unit;
+- the few-shot accuracy of `trials` and `proxies` is one pair of columns per evaluated shot
+  count, `acc_<K>shot`, `ci_<K>shot` (`accuracy_columns`, from `[evaluate] shots`; the default
+  shots 1 and 5 give `acc_1shot`, `ci_1shot`, `acc_5shot`, `ci_5shot`); a reader takes the
+  shot counts from the file;
 - a missing float is NaN, a missing string is "" (no nulls anywhere, so pandas dtypes are
   stable); condition numbers may be +inf (an explicit value, never a sentinel).
 """
@@ -27,7 +31,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -39,19 +43,64 @@ SCHEMA_VERSION = 1
 _STR, _I32, _I64, _F64, _BOOL = pa.string(), pa.int32(), pa.int64(), pa.float64(), pa.bool_()
 
 
-def _schema(*fields: tuple[str, pa.DataType]) -> pa.Schema:
-    """Schema with `schema_version` first; every field is non-nullable (see module doc)."""
-    return pa.schema(
-        [pa.field("schema_version", _I32, nullable=False)]
-        + [pa.field(name, typ, nullable=False) for name, typ in fields]
-    )
+# Shot counts of the few-shot evaluation when a config does not say (`[evaluate] shots`).
+DEFAULT_SHOTS: tuple[int, ...] = (1, 5)
+_ACCURACY_RE = re.compile(r"^acc_([1-9][0-9]*)shot$")
+_INTERVAL_RE = re.compile(r"^ci_([1-9][0-9]*)shot$")
+# Stands, in a table's field list, for the accuracy columns of the evaluated shot counts.
+_ACCURACY_BLOCK = ("<accuracy per shot count>", None)
+
+
+def accuracy_column(shots: int) -> str:
+    """Mean few-shot accuracy of `shots`-shot episodes: `acc_<shots>shot`."""
+    return f"acc_{int(shots)}shot"
+
+
+def interval_column(shots: int) -> str:
+    """Half-width of the 95% interval of `accuracy_column(shots)`: `ci_<shots>shot`."""
+    return f"ci_{int(shots)}shot"
+
+
+def normalized_shots(shots: Sequence[int]) -> tuple[int, ...]:
+    """Shot counts in storage order: distinct, ascending."""
+    return tuple(sorted({int(k) for k in shots}))
+
+
+def accuracy_columns(shots: Sequence[int] = DEFAULT_SHOTS) -> list[str]:
+    """The accuracy columns of `shots` (ascending): [acc_1shot, ci_1shot, acc_5shot, ci_5shot]
+    for the default (1, 5). The one place the column names are made."""
+    return [c for k in normalized_shots(shots) for c in (accuracy_column(k), interval_column(k))]
+
+
+def shots_of(columns: Iterable[str]) -> tuple[int, ...]:
+    """The shot counts with an accuracy or interval column among `columns` (ascending; one of
+    the pair is enough, so a missing half is reported as missing)."""
+    return normalized_shots(int(m.group(1)) for c in columns
+                            if (m := _ACCURACY_RE.match(c) or _INTERVAL_RE.match(c)))
+
+
+def shots_in(frame: pd.DataFrame) -> tuple[int, ...]:
+    """The shot counts whose accuracy columns `frame` holds (`shots_of`); the default shots
+    when it holds none (so a missing column is reported against them)."""
+    return shots_of(frame.columns) or DEFAULT_SHOTS
+
+
+def accuracy_targets(frame: pd.DataFrame) -> tuple[str, ...]:
+    """The accuracy columns a table's proxies are correlated with: `acc_<K>shot` of each shot
+    count of `frame`."""
+    return tuple(accuracy_column(k) for k in shots_in(frame))
+
+
+def _schema(*fields: tuple[str, pa.DataType | None]) -> tuple[tuple[str, pa.DataType | None], ...]:
+    """A table's field list (`table_schema` makes the Arrow schema)."""
+    return fields
 
 
 # Columns shared by the per-unit tables: which experiment / search a row belongs to.
 _RUN_KEYS = (("experiment", _STR), ("dataset", _STR), ("method", _STR), ("seed", _I64),
              ("cells", _I32))
 
-SCHEMAS: dict[str, pa.Schema] = {
+_FIELDS: dict[str, tuple[tuple[str, pa.DataType | None], ...]] = {
     # One row per scored candidate (op masked on an edge) per round, repeat-averaged.
     "candidates": _schema(
         *_RUN_KEYS,
@@ -77,7 +126,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("trial_id", _STR), ("search_id", _STR), ("genotype", _STR), ("params", _I64),
         ("search_seconds", _F64), ("train_seconds", _F64), ("epochs", _I32),
         ("final_loss", _F64), ("final_train_acc", _F64), ("ways", _I32), ("episodes", _I32),
-        ("acc_1shot", _F64), ("ci_1shot", _F64), ("acc_5shot", _F64), ("ci_5shot", _F64),
+        _ACCURACY_BLOCK,
         ("device_kind", _STR), ("git_sha", _STR), ("config_json", _STR),
     ),
     # One row per evaluated few-shot episode.
@@ -92,7 +141,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("seed", _I64), ("cells", _I32),
         ("cn_metantk_maml", _F64), ("cn_metantk_anil", _F64), ("cn_ntk", _F64),
         ("regions", _F64), ("params", _I64),
-        ("acc_1shot", _F64), ("ci_1shot", _F64), ("acc_5shot", _F64), ("ci_5shot", _F64),
+        _ACCURACY_BLOCK,
         ("train_seconds", _F64),
     ),
     # Every proxy value of the study, one row per (genotype, proxy, repeat).
@@ -109,15 +158,48 @@ SCHEMAS: dict[str, pa.Schema] = {
     ),
 }
 
-TABLES: tuple[str, ...] = tuple(SCHEMAS)
+
+
+def _check_table(table: str) -> str:
+    if table not in _FIELDS:
+        raise KeyError(f"unknown results table {table!r}; valid tables: {', '.join(TABLES)}")
+    return table
+
+
+def table_schema(table: str, shots: Sequence[int] = DEFAULT_SHOTS) -> pa.Schema:
+    """The pinned Arrow schema of `table` for an evaluation of `shots`: `schema_version` first,
+    every field non-nullable (module doc). Tables without accuracy columns ignore `shots`."""
+    fields = [pa.field("schema_version", _I32, nullable=False)]
+    for name, typ in _FIELDS[_check_table(table)]:
+        if (name, typ) == _ACCURACY_BLOCK:
+            fields += [pa.field(c, _F64, nullable=False) for c in accuracy_columns(shots)]
+        else:
+            fields.append(pa.field(name, typ, nullable=False))
+    return pa.schema(fields)
+
+
+def has_accuracy_columns(table: str) -> bool:
+    """Whether `table` stores one accuracy pair per shot count (`trials`, `proxies`)."""
+    return _ACCURACY_BLOCK in _FIELDS[_check_table(table)]
+
+
+TABLES: tuple[str, ...] = tuple(_FIELDS)
+# The schemas with the default shot counts (1, 5).
+SCHEMAS: dict[str, pa.Schema] = {name: table_schema(name) for name in TABLES}
 
 # Columns added after schema version 1, with the value that files written before them and
 # writers that do not know them get (so older results folders stay readable): the git SHA
 # of the code the driver ran ("" = unknown, not a git checkout).
 ADDED_COLUMNS: dict[str, dict[str, Any]] = {"searches": {"git_sha": ""}, "trials": {"git_sha": ""}}
 
-# Columns holding accuracies as fractions: a value outside [0, 1] means someone wrote percent.
-_FRACTION_COLUMNS = frozenset({"acc_1shot", "acc_5shot", "accuracy", "final_train_acc", "train_acc"})
+# Columns holding accuracies as fractions (besides every `acc_<K>shot`): a value outside
+# [0, 1] means someone wrote percent.
+_FRACTION_COLUMNS = frozenset({"accuracy", "final_train_acc", "train_acc"})
+
+
+def _is_fraction(column: str) -> bool:
+    return column in _FRACTION_COLUMNS or bool(_ACCURACY_RE.match(column))
+
 
 # Keys become file names: no separators, no leading dot (temp files and `..` start with one).
 _KEY_RE = re.compile(r"^[A-Za-z0-9_=-][A-Za-z0-9_.=-]{0,199}$")
@@ -146,6 +228,11 @@ class ResultsLayout:
     def table(self, name: str) -> Path:
         """Folder of table `name`; KeyError listing the tables if unknown."""
         return self.tables[_check_table(name)]
+
+    def cell_images(self, search_id: str, fmt: str = "png") -> tuple[Path, Path] | None:
+        """The rendered (normal, reduce) cells of a search, or None when they were not rendered."""
+        pair = tuple(self.cells / f"{search_id}_{t}.{fmt}" for t in ("normal", "reduce"))
+        return pair if all(p.is_file() for p in pair) else None  # type: ignore[return-value]
 
 
 def results_layout(results_dir: str | os.PathLike[str]) -> ResultsLayout:
@@ -244,12 +331,6 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
 # ----------------------------------------------------------------------------- validation
 
 
-def _check_table(table: str) -> str:
-    if table not in SCHEMAS:
-        raise KeyError(f"unknown results table {table!r}; valid tables: {', '.join(TABLES)}")
-    return table
-
-
 def _check_key(key: str) -> str:
     if not isinstance(key, str) or not _KEY_RE.match(key):
         raise ValueError(
@@ -283,19 +364,28 @@ def _check_value(table: str, column: str, typ: pa.DataType, row: int, value: Any
         raise TypeError(f"unsupported schema type {typ} for {where}")
     if not ok:
         raise ValueError(f"{where}: expected {typ}, got {_type_name(value)} {value!r}")
-    if column in _FRACTION_COLUMNS and not math.isnan(value) and not 0.0 <= value <= 1.0:
+    if _is_fraction(column) and not math.isnan(value) and not 0.0 <= value <= 1.0:
         raise ValueError(f"{where}: accuracy {value!r} outside [0, 1]; store fractions, "
                          "not percent")
 
 
-def rows_to_table(table: str, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
+def _shots_of_rows(rows: Sequence[Mapping[str, Any]]) -> tuple[int, ...]:
+    """The shot counts of the first row's accuracy columns (the default without rows or
+    accuracy columns, so a row that lacks them is reported against the default)."""
+    first = rows[0] if rows and isinstance(rows[0], Mapping) else {}
+    return shots_of(first) or DEFAULT_SHOTS
+
+
+def rows_to_table(table: str, rows: Sequence[Mapping[str, Any]],
+                  shots: Sequence[int] | None = None) -> pa.Table:
     """Validate `rows` against the pinned schema of `table` and build the Arrow table.
 
-    `schema_version` is filled in (a row may carry it only with the current value).
-    Raises KeyError for an unknown table and ValueError naming the table and the
+    `schema_version` is filled in (a row may carry it only with the current value). The
+    accuracy columns are those of `shots`, by default of the first row's `acc_<K>shot`
+    columns. Raises KeyError for an unknown table and ValueError naming the table and the
     missing / extra / mistyped column otherwise.
     """
-    schema = SCHEMAS[_check_table(table)]
+    schema = table_schema(table, _shots_of_rows(rows) if shots is None else shots)
     expected = [name for name in schema.names if name != "schema_version"]
     columns: dict[str, list[Any]] = {name: [] for name in expected}
     for i, row in enumerate(rows):
@@ -342,14 +432,14 @@ def table_path(results_dir: str | os.PathLike[str], table: str, key: str) -> Pat
 
 
 def write_rows(results_dir: str | os.PathLike[str], table: str, key: str,
-               rows: Sequence[Mapping[str, Any]]) -> Path:
+               rows: Sequence[Mapping[str, Any]], shots: Sequence[int] | None = None) -> Path:
     """Validate `rows` and write them atomically as `results_dir/<table>/<key>.parquet`.
 
     Idempotent per key: writing the same key again replaces the file (no duplicate rows).
     An empty `rows` writes a valid zero-row file. Returns the file's path.
     """
     path = table_path(results_dir, table, key)
-    arrow = rows_to_table(table, rows)
+    arrow = rows_to_table(table, rows, shots)
     # Page checksums: a flipped bit in a data page is an error on read, not a wrong number.
     return write_atomic(path, lambda handle: pq.write_table(arrow, handle, write_page_checksum=True))
 
@@ -380,13 +470,15 @@ def _first_line(exc: BaseException) -> str:
     return (text.splitlines()[0][:200] if text else type(exc).__name__)
 
 
-def _read_file(path: Path, table: str, schema: pa.Schema) -> pa.Table:
-    """Read one file and check it against the pinned schema; SchemaError otherwise."""
+def _read_file(path: Path, table: str) -> pa.Table:
+    """Read one file and check it against the pinned schema of the shot counts its accuracy
+    columns name; SchemaError otherwise."""
     try:
         found = pq.read_schema(path)
     except (pa.ArrowException, OSError, ValueError, EOFError) as exc:
         raise SchemaError(f"{path}: not a readable Parquet file of table {table!r} ({_first_line(exc)}); "
                           f"{_UNREADABLE_FIX}") from exc
+    schema = table_schema(table, shots_of(found.names) or DEFAULT_SHOTS)
     added = {n: v for n, v in ADDED_COLUMNS.get(table, {}).items() if n not in found.names}
     missing = [n for n in schema.names if n not in found.names and n not in added]
     extra = [n for n in found.names if n not in schema.names]
@@ -422,20 +514,30 @@ def _read_file(path: Path, table: str, schema: pa.Schema) -> pa.Table:
 def read_file(path: str | os.PathLike[str], table: str) -> pa.Table:
     """One Parquet file of `table`, checked against its pinned schema (SchemaError naming the
     file otherwise): for readers that need one unit's rows, not the whole table."""
-    return _read_file(Path(path), table, SCHEMAS[_check_table(table)])
+    return _read_file(Path(path), _check_table(table))
 
 
-def read_table(results_dir: str | os.PathLike[str], table: str) -> pd.DataFrame:
+def read_table(results_dir: str | os.PathLike[str], table: str,
+               shots: Sequence[int] | None = None) -> pd.DataFrame:
     """All rows of `table` under `results_dir` as a DataFrame with the pinned dtypes.
 
     Row order is deterministic: files sorted by name, rows in file order. No files ->
-    an empty DataFrame with the same columns and dtypes. A file that does not match the
-    schema raises SchemaError naming the file and the column(s).
+    an empty DataFrame with the columns and dtypes of `shots` (default: 1 and 5). A file
+    that does not match the schema raises SchemaError naming the file and the column(s),
+    as do files of one table holding accuracies of different shot counts.
     """
-    schema = SCHEMAS[_check_table(table)]
-    parts = [_read_file(path, table, schema) for path in table_files(results_dir, table)]
-    data = pa.concat_tables(parts) if parts else schema.empty_table()
-    return data.to_pandas()
+    _check_table(table)
+    files = table_files(results_dir, table)
+    parts = [_read_file(path, table) for path in files]
+    if not parts:
+        return table_schema(table, DEFAULT_SHOTS if shots is None else shots).empty_table().to_pandas()
+    kinds = {shots_of(p.schema.names): f for p, f in zip(parts, files)}
+    if len(kinds) > 1:
+        listed = "; ".join(f"{f.name} has shots {list(k)}" for k, f in kinds.items())
+        raise SchemaError(f"{Path(results_dir)}/{table}: files hold accuracies of different shot counts "
+                          f"({listed}); keep one `[evaluate] shots` per results folder (use another "
+                          "`results_dir` for another evaluation)")
+    return pa.concat_tables(parts).to_pandas()
 
 
 def has_parquet(results_dir: str | os.PathLike[str]) -> bool:
@@ -457,10 +559,10 @@ def set_aside_unreadable(results_dir: str | os.PathLike[str],
     """
     moved = []
     for table in tables:
-        schema = SCHEMAS[_check_table(table)]
+        _check_table(table)
         for path in table_files(results_dir, table):
             try:
-                _read_file(path, table, schema)
+                _read_file(path, table)
             except SchemaError as exc:
                 target = Path(results_dir) / UNREADABLE_DIR / table / f"{path.name}.{time.time_ns()}"
                 target.parent.mkdir(parents=True, exist_ok=True)

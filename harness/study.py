@@ -14,8 +14,9 @@ network at initialisation, before any training:
 The network scored is the search supernet restricted to the genotype (`genotype_masks`:
 the genotype's op on its 2 edges per node, every other edge removed), i.e. exactly what the
 search scores, with the same `ScoreSpec` (kernel batch, image size, norm, parameters). The
-Tune trials then train and evaluate each genotype; `finish_proxy_study` joins both and
-writes the `proxies` table and scatter plots; `harness.report` computes the correlations.
+Tune trials then train and evaluate each genotype; `write_proxy_tables` joins both and
+writes the `proxies` table (`harness.pipeline.finish_proxy_study` adds the scatter plots);
+`harness.report` computes the correlations.
 
 Randomness (design section 2): the scores of repeat `r` use the key
 `(experiment seed, "proxy", r)` for every genotype, i.e. common random numbers: within a
@@ -47,20 +48,19 @@ rerun of `metantk-nas run` only scores what is missing.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Hashable, Mapping, Sequence
-
-import numpy as np
+from typing import Any, Callable, Hashable, Mapping, Sequence
 
 from harness import store
-from harness.config import PROXY_MEASURE_PREFIX
 from harness.errors import UserError
+from harness.methods import PROXY_MEASURE_PREFIX
+from harness.report import CN_COLUMNS
 from harness.scoring import Score, ScoreSpec, masks_array, spec_from_config
+from trainers.stats import geometric_mean_cn, mean_or_nan, summarize_seeds  # noqa: F401  (re-exported)
 
 INIT_FILE = "state/proxies_init.json"
 INIT_FORMAT = 1
@@ -77,17 +77,9 @@ PROXY_SOURCES: dict[str, tuple[str, str]] = {
     "regions": ("maml", "rn"),
 }
 PROXY_COLUMNS: tuple[str, ...] = tuple(PROXY_SOURCES)
-CN_COLUMNS: tuple[str, ...] = ("cn_metantk_maml", "cn_metantk_anil", "cn_ntk")
 # Measures computed per kernel spec (the NTK and regions do not depend on the inner loop,
 # so they are measured once, with the MAML spec).
 KERNEL_MEASURES: dict[str, tuple[str, ...]] = {"maml": ("cn_meta", "cn_ntk", "rn"), "anil": ("cn_meta",)}
-PROXY_LABELS: dict[str, str] = {
-    "cn_metantk_maml": "CN MetaNTK (MAML)",
-    "cn_metantk_anil": "CN MetaNTK (ANIL)",
-    "cn_ntk": "CN NTK (TE-NAS)",
-    "regions": "linear regions",
-}
-TARGET_LABELS: dict[str, str] = {"acc_1shot": "5-way 1-shot accuracy", "acc_5shot": "5-way 5-shot accuracy"}
 
 
 # ----------------------------------------------------------------------------- pure helpers
@@ -102,12 +94,12 @@ def proxy_specs(cfg: Any, cells: int) -> dict[str, ScoreSpec]:
     base = spec_from_config(cfg, cells)
     # Proxy settings matter only where registry proxies are measured (the MAML spec, with
     # `study.zero_cost`): elsewhere they are left out so that they change no digest.
-    options = base.proxy_options if cfg.study.zero_cost else ()
+    options = base.kernel.proxy_options if cfg.study.zero_cost else ()
     return {
-        "maml": dataclasses.replace(base, algorithm="maml", inner_time=cfg.search.inner_time, reg=cfg.search.reg,
-                                    proxy_options=options),
-        "anil": dataclasses.replace(base, algorithm="anil", inner_time=cfg.study.anil_inner_time,
-                                    reg=cfg.study.anil_reg, proxy_options=()),
+        "maml": base.with_kernel(algorithm="maml", inner_time=cfg.search.inner_time, reg=cfg.search.reg,
+                                 proxy_options=options),
+        "anil": base.with_kernel(algorithm="anil", inner_time=cfg.study.anil_inner_time,
+                                 reg=cfg.study.anil_reg, proxy_options=()),
     }
 
 
@@ -126,9 +118,11 @@ def spec_digest(spec: ScoreSpec, extra_measures: tuple[str, ...] = ()) -> str:
     """Digest of what fixes a kernel's per-repeat scores of a genotype (spec, key scheme and
     the registry proxies measured). Without proxies it is the digest of the spec before
     `proxy_options` existed, so older checkpoints stay valid."""
-    fields = dataclasses.astuple(spec)
-    if not spec.proxy_options:
-        fields = fields[:-1]  # `proxy_options` is the last field of ScoreSpec
+    fields = spec.flat_fields()
+    if not spec.kernel.proxy_options:
+        # Digests written before `proxy_options` existed dropped the last flat field (then
+        # `ntk_batch`): kept, so those checkpoints stay valid.
+        fields = fields[:-1]
     parts: tuple = (INIT_FORMAT, KEY_TAG, fields)
     if extra_measures:
         parts += (tuple(extra_measures),)
@@ -138,28 +132,6 @@ def spec_digest(spec: ScoreSpec, extra_measures: tuple[str, ...] = ()) -> str:
 def _digests(cfg: Any, specs: Mapping[str, ScoreSpec]) -> dict[str, str]:
     measures = kernel_measures(cfg)
     return {k: spec_digest(spec, measures[k][len(KERNEL_MEASURES[k]):]) for k, spec in specs.items()}
-
-
-def geometric_mean_cn(values: Sequence[float]) -> float:
-    """Geometric mean of condition numbers. values: (repeats,) in [1, inf] or NaN.
-
-    Any NaN -> NaN; any inf -> inf (a singular kernel stays singular); empty -> NaN.
-    Non-positive values cannot be condition numbers: ValueError.
-    """
-    v = np.asarray(values, dtype=np.float64)
-    if v.size == 0 or np.isnan(v).any():
-        return math.nan
-    if (v <= 0).any():
-        raise ValueError(f"condition numbers must be > 0, got {v.tolist()}")
-    if np.isinf(v).any():
-        return math.inf
-    return float(np.exp(np.log(v).mean()))
-
-
-def mean_or_nan(values: Sequence[float]) -> float:
-    """Arithmetic mean; NaN for an empty list or any NaN."""
-    v = np.asarray(values, dtype=np.float64)
-    return float(v.mean()) if v.size else math.nan
 
 
 def aggregate(per_repeat: Mapping[str, Sequence[Mapping[str, float]]]) -> dict[str, float]:
@@ -231,14 +203,15 @@ def _result_row(entry: Mapping[str, Any], repeats: int) -> dict[str, Any]:
 
 
 def score_proxies(cfg: Any, searches: Sequence[Mapping[str, Any]], *, progress: bool = True,
-                  pool: Any = None) -> list[dict[str, Any]]:
+                  pool: Any = None, start_pool: Callable[[], Any] | None = None) -> list[dict[str, Any]]:
     """Score every genotype of `searches` (rows of the `searches` table) at initialisation.
 
     Returns one dict per row, in order: search_id, method, seed, cells, genotype, the four
     proxy columns (PROXY_COLUMNS, repeat-aggregated, see module doc) and seconds (scoring
     time summed over repeats and kernels). `pool`: a `harness.scorers.ScorerPool`, a
-    `harness.scoring.InlinePool` or any object with `.run(jobs, on_result)`; None starts one (`harness.cmd_search.start_pool`)
-    and shuts it down afterwards, and only if something is left to score.
+    `harness.scoring.InlinePool` or any object with `.run(jobs, on_result)`; None: `start_pool()`
+    makes one (`harness.pipeline.start_pool`), only if something is left to score, and it is
+    shut down afterwards.
     """
     from trainers.progress import progress_bar
 
@@ -278,9 +251,9 @@ def score_proxies(cfg: Any, searches: Sequence[Mapping[str, Any]], *, progress: 
     if total:
         own_pool = pool is None
         if own_pool:
-            from harness.cmd_search import start_pool
-
-            pool = start_pool(cfg)
+            if start_pool is None:
+                raise ValueError("score_proxies needs a pool or start_pool to score the missing proxies")
+            pool = start_pool()
         bar = progress_bar(total, "proxies", "score", enabled=progress, dynamic_ncols=True)
         started = time.perf_counter()
         last_save = [started]
@@ -321,11 +294,10 @@ def proxy_rows(cfg: Any, init: Mapping[str, Any], trials: Any) -> list[dict[str,
     experiment without init scores, or whose genotype differs from the scored one, is an
     error (the study would silently lose or mismatch rows otherwise).
     """
-    from harness.report import summarize_seeds
-
     repeats = cfg.study.repeats
     frame = trials[trials["experiment"] == cfg.experiment.name]
     trainings = max(1, len(cfg.study.train_seeds))
+    shots = store.normalized_shots(cfg.evaluate.shots)
     rows = []
     problems = []
     for search_id, group in frame.sort_values("trial_id").groupby("search_id", sort=True):
@@ -342,14 +314,14 @@ def proxy_rows(cfg: Any, init: Mapping[str, Any], trials: Any) -> list[dict[str,
             continue
         scores = _result_row(entry, repeats)
         # Mean over the trainings; with >= 2 a t-interval across them, else the episode interval.
-        acc = {shot: summarize_seeds(group[f"acc_{shot}"].to_numpy(), group[f"ci_{shot}"].to_numpy())
-               for shot in ("1shot", "5shot")}
+        acc = {k: summarize_seeds(group[store.accuracy_column(k)].to_numpy(),
+                                  group[store.interval_column(k)].to_numpy()) for k in shots}
         rows.append({
             "experiment": cfg.experiment.name, "dataset": t.dataset, "genotype_id": search_id,
             "genotype": t.genotype, "seed": int(t.seed), "cells": int(t.cells),
             **{c: float(scores[c]) for c in PROXY_COLUMNS}, "params": int(t.params),
-            "acc_1shot": acc["1shot"].mean, "ci_1shot": acc["1shot"].ci,
-            "acc_5shot": acc["5shot"].mean, "ci_5shot": acc["5shot"].ci,
+            **{c: v for k in shots for c, v in ((store.accuracy_column(k), acc[k].mean),
+                                                (store.interval_column(k), acc[k].ci))},
             "train_seconds": float(group["train_seconds"].sum()),
         })
     if problems:
@@ -383,13 +355,9 @@ def proxy_score_rows(cfg: Any, init: Mapping[str, Any], genotype_ids: Sequence[s
     return rows
 
 
-def finish_proxy_study(cfg: Any) -> Path:
-    """Join init scores with the trials, write the `proxies` table and the scatter plots.
-
-    Returns the path of the plot (RESULTS_DIR/plots/proxies_scatter.png).
-    """
-    import pandas as pd
-
+def write_proxy_tables(cfg: Any) -> list[dict[str, Any]]:
+    """Join init scores with the trials and write the `proxies` and `proxy_scores` tables;
+    returns the `proxies` rows (`harness.pipeline.finish_proxy_study` also draws the plots)."""
     results_dir = cfg.results_dir
     if not store.table_files(results_dir, "trials"):
         raise UserError(f"{results_dir}: no `trials` rows to join the proxies with; run `metantk-nas run` first")
@@ -397,7 +365,7 @@ def finish_proxy_study(cfg: Any) -> Path:
     if not init:
         raise UserError(f"{results_dir / INIT_FILE} not found: the proxies were not scored; set "
                         f"[study] proxies = true and rerun `metantk-nas run`")
-    from harness.growth import accuracies_with_added_evaluations
+    from harness.report import accuracies_with_added_evaluations
 
     # with the accuracies of shot counts evaluated after a trial ran (`harness.growth`)
     trials = accuracies_with_added_evaluations(store.read_table(results_dir, "trials"),
@@ -406,23 +374,4 @@ def finish_proxy_study(cfg: Any) -> Path:
     store.write_rows(results_dir, "proxies", PROXIES_KEY, rows)
     store.write_rows(results_dir, SCORES_TABLE, PROXIES_KEY,
                      proxy_score_rows(cfg, init, [r["genotype_id"] for r in rows]))
-    layout = store.results_layout(results_dir)
-    if cfg.study.zero_cost:
-        from harness.leaderboard import write_figures
-
-        write_figures(pd.DataFrame(rows), store.read_table(results_dir, SCORES_TABLE), layout.plots,
-                      title=f"{cfg.experiment.name}: {len(rows)} genotypes")
-    return plot_proxies(pd.DataFrame(rows), layout.plots / PLOT_FILE, n_boot=cfg.study.n_boot,
-                        title=f"{cfg.experiment.name}: proxies at initialisation vs accuracy after training "
-                              f"({len(rows)} genotypes)")
-
-
-def plot_proxies(frame: Any, path: Path, *, n_boot: int = 1000, seed: int = 0, title: str = "") -> Path:
-    """The proxy scatter (`harness.figures.proxy_scatter_figure`) as `path` (PNG) and the same
-    stem as SVG, written atomically; returns `path`. Drawn with matplotlib's object API: the
-    caller's backend is left alone."""
-    from harness.figures import proxy_scatter_figure, save_figure
-
-    fig = proxy_scatter_figure(frame, n_boot=n_boot, seed=seed, title=title)
-    save_figure(fig, Path(path).with_suffix(""), formats=("png", "svg"))
-    return Path(path)
+    return rows

@@ -15,7 +15,8 @@ another machine. It gets its episode lists as data, reports each epoch, and its 
 checkpoint carries the model file and its rows; the driver writes them
 (`harness.tune_callbacks.TrialRowsCallback`).
 
-Only `ray.tune.*` APIs are used inside the trainable (ray 2.60).
+Only `ray.tune.*` APIs are used inside the trainable (ray 2.60); its work is
+`train_and_evaluate`, which runs without Tune (and is tested so).
 """
 from __future__ import annotations
 
@@ -32,65 +33,16 @@ from pathlib import Path
 from typing import Any
 
 from harness import store
-from harness.config import ExperimentConfig, absolute_root
+from harness.identity import evaluation_key, evaluations_on_disk
+from harness.plans import training_runs  # noqa: F401  (re-exported)
+from harness.config import ExperimentConfig
+from harness.specs import DataSpec, TrialSpec, data_spec, freeze, trial_spec
 from harness.results_guard import report_set_aside
+from trainers.seeds import episode_list_seed
 
 MODEL_DIR = "models"
 EPISODE_DIR = "episode_lists"
 CHECKPOINT_NAME = "checkpoint.pt"
-
-
-@dataclass(frozen=True)
-class TrialSpec:
-    """Everything one trial needs, as plain values (it travels inside Tune's config)."""
-
-    experiment: str
-    results_dir: str         # absolute
-    trial_id: str
-    search_id: str
-    dataset: str
-    root: str
-    dataset_options: dict
-    image_size: int
-    data_seed: int
-    train_split: str
-    eval_split: str
-    method: str
-    seed: int
-    cells: int
-    channels: int
-    genotype: str
-    search_seconds: float
-    train: dict              # trainers.rfs.TrainConfig.to_dict()
-    eval_ways: int
-    eval_shots: tuple
-    eval_queries: int
-    eval_episodes: int
-    eval_C: float
-    support_augment: int
-    fail_once_at_epoch: int = 0   # tests: raise once after this epoch (a crash to recover from)
-
-
-def train_config_for(cfg: ExperimentConfig, seed: int) -> Any:
-    """The RFS recipe of the dataset (or `[train] recipe`) with the config's overrides."""
-    from trainers.rfs import get_recipe
-
-    t = cfg.train
-    recipe = get_recipe(t.recipe or cfg.dataset.name)
-    changes: dict[str, Any] = {"seed": seed}
-    if t.epochs:
-        changes["epochs"] = t.epochs
-        if not t.lr_decay_epochs:  # keep the recipe's decay points inside the shorter schedule
-            changes["lr_decay_epochs"] = tuple(e for e in recipe.lr_decay_epochs if e < t.epochs)
-    if t.lr_decay_epochs:
-        changes["lr_decay_epochs"] = t.lr_decay_epochs
-    if t.lr:
-        changes["lr"] = t.lr
-    if t.batch_size:
-        changes["batch_size"] = t.batch_size
-    if t.drop_path >= 0:
-        changes["drop_path"] = t.drop_path
-    return recipe.replace(**changes)
 
 
 def episode_list_path(results_dir: Path, dataset: str, split: str, ways: int, shots: int, queries: int,
@@ -100,11 +52,6 @@ def episode_list_path(results_dir: Path, dataset: str, split: str, ways: int, sh
     return Path(results_dir) / EPISODE_DIR / f"{dataset}-{split}-{ways}w{shots}s{queries}q-{count}e-seed{seed}.npz"
 
 
-def episode_sampling_seed(seed: int, shots: int) -> int:
-    """Seed of the episode list of `shots` shots in an experiment with seed `seed`."""
-    return seed * 1000 + shots
-
-
 def ensure_episode_lists(cfg: ExperimentConfig) -> list[Path]:
     """Sample (once) and store the evaluation episodes shared by every trial of the experiment.
 
@@ -112,7 +59,6 @@ def ensure_episode_lists(cfg: ExperimentConfig) -> list[Path]:
     `unreadable/episode_lists/` and sampled again: the sampling is seeded, so the new list is
     the one every finished trial was evaluated on.
     """
-    from trainers.data import load_split
     from trainers.datasets.base import DatasetError
     from trainers.episodes import EpisodeList, sample_episodes
 
@@ -132,22 +78,12 @@ def ensure_episode_lists(cfg: ExperimentConfig) -> list[Path]:
                 report_set_aside([(path, target, str(exc).splitlines()[0][:200])])
         if not path.is_file():
             if split is None:
-                split = load_split(cfg.dataset.name, cfg.dataset.root or None, cfg.dataset.eval_split,
-                                   image_size=cfg.dataset.image_size or None, seed=cfg.experiment.seed,
-                                   **cfg.dataset.options)
+                split = data_spec(cfg).load(cfg.dataset.eval_split)
             episodes = sample_episodes(split.labels, ways=e.ways, shots=shots, queries=e.queries, count=e.episodes,
-                                       seed=episode_sampling_seed(cfg.experiment.seed, shots))
+                                       seed=episode_list_seed(cfg.experiment.seed, shots))
             store.write_atomic(path, episodes.write)
         paths.append(path)
     return paths
-
-
-def training_runs(cfg: ExperimentConfig, row: dict[str, Any]) -> list[tuple[int, str]]:
-    """(training seed, trial id) of each training of one searched genotype: its search seed
-    and id by default; with `[study] train_seeds` one trial per seed, "<search id>-t<seed>"."""
-    if not cfg.study.train_seeds:
-        return [(int(row["seed"]), row["search_id"])]
-    return [(t, f"{row['search_id']}-t{t}") for t in cfg.study.train_seeds]
 
 
 def trial_specs(cfg: ExperimentConfig, searches: list[dict[str, Any]]) -> list[TrialSpec]:
@@ -157,22 +93,8 @@ def trial_specs(cfg: ExperimentConfig, searches: list[dict[str, Any]]) -> list[T
     specs = []
     for row in searches:
         for train_seed, trial_id in training_runs(cfg, row):
-            specs.append(_trial_spec(cfg, row, train_seed, trial_id))
+            specs.append(trial_spec(cfg, row, train_seed, trial_id))
     return specs
-
-
-def _trial_spec(cfg: ExperimentConfig, row: dict[str, Any], train_seed: int, trial_id: str) -> TrialSpec:
-    return TrialSpec(
-        experiment=cfg.experiment.name, results_dir=str(cfg.results_dir.resolve()), trial_id=trial_id,
-        search_id=row["search_id"], dataset=cfg.dataset.name, root=absolute_root(cfg.dataset.root),
-        dataset_options=dict(cfg.dataset.options), image_size=cfg.dataset.image_size,
-        data_seed=cfg.experiment.seed, train_split=cfg.dataset.train_split, eval_split=cfg.dataset.eval_split,
-        method=row["method"], seed=int(row["seed"]), cells=int(row["cells"]),
-        channels=cfg.train.init_channels or cfg.search.init_channels, genotype=row["genotype"],
-        search_seconds=float(row["device_seconds"]), train=train_config_for(cfg, train_seed).to_dict(),
-        eval_ways=cfg.evaluate.ways, eval_shots=tuple(cfg.evaluate.shots), eval_queries=cfg.evaluate.queries,
-        eval_episodes=cfg.evaluate.episodes, eval_C=cfg.evaluate.C, support_augment=cfg.evaluate.support_augment,
-    )
 
 
 def _device() -> Any:
@@ -201,11 +123,11 @@ def seeded_network(spec: TrialSpec, n_classes: int, in_channels: int) -> Any:
     """
     import torch
 
-    from harness.scoring import derive_seed
+    from trainers.seeds import derive_seed
 
     with torch.random.fork_rng(devices=[]):  # the caller's global RNG state is left as it was
         torch.manual_seed(derive_seed(spec.seed, spec.trial_id, "train-init"))
-        return build_network(spec.genotype, spec.channels, n_classes, spec.cells, in_channels)
+        return build_network(spec.genotype, spec.network.init_channels, n_classes, spec.network.cells, in_channels)
 
 
 @dataclass(frozen=True)
@@ -242,6 +164,11 @@ class EvalSettings:
         """Plain JSON-like values (tuples become lists)."""
         return json.loads(json.dumps(asdict(self)))
 
+    def data(self) -> DataSpec:
+        """The evaluation data as a `DataSpec` (its `load(self.split)` is the evaluated split)."""
+        return DataSpec(name=self.dataset, root=self.root, image_size=self.image_size, train_split=self.split,
+                        eval_split=self.split, options=freeze(dict(self.dataset_options)), seed=self.data_seed)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EvalSettings":
         """Inverse of `to_dict`; ValueError naming the missing or unknown keys."""
@@ -261,9 +188,9 @@ def load_episode_lists(results_dir: str | Path, spec: TrialSpec) -> dict[int, tu
     from trainers.episodes import EpisodeList
 
     lists = {}
-    for shots in spec.eval_shots:
-        path = episode_list_path(Path(results_dir), spec.dataset, spec.eval_split, spec.eval_ways, shots,
-                                 spec.eval_queries, spec.eval_episodes, spec.data_seed)
+    d, e = spec.data, spec.evaluate
+    for shots in e.shots:
+        path = episode_list_path(Path(results_dir), d.name, d.eval_split, e.ways, shots, e.queries, e.episodes, d.seed)
         lists[int(shots)] = (path.name, EpisodeList.load(path))
     return lists
 
@@ -276,13 +203,14 @@ def eval_settings(spec: TrialSpec, episode_lists: dict[int, tuple[str, Any]] | N
     loaded = load_episode_lists(spec.results_dir, spec) if episode_lists is None else episode_lists
     lists = {str(shots): {"file": name, "content_hash": episodes.content_hash()}
              for shots, (name, episodes) in sorted(loaded.items())}
-    mean, std = NORMALIZATION[spec.dataset]
+    d, e = spec.data, spec.evaluate
+    mean, std = NORMALIZATION[d.name]
     return EvalSettings(
-        dataset=spec.dataset, root=spec.root, dataset_options=dict(spec.dataset_options),
-        image_size=int(spec.image_size or 0), data_seed=spec.data_seed, split=spec.eval_split,
-        normalization=(tuple(mean), tuple(std)), ways=spec.eval_ways, shots=tuple(spec.eval_shots),
-        queries=spec.eval_queries, episodes=spec.eval_episodes, episode_seed=spec.data_seed, C=spec.eval_C,
-        support_augment=spec.support_augment, augment=str(spec.train.get("augment", "")), augment_seed=0,
+        dataset=d.name, root=d.root, dataset_options=dict(d.options),
+        image_size=int(d.image_size or 0), data_seed=d.seed, split=d.eval_split,
+        normalization=(tuple(mean), tuple(std)), ways=e.ways, shots=tuple(e.shots),
+        queries=e.queries, episodes=e.episodes, episode_seed=d.seed, C=e.C,
+        support_augment=e.support_augment, augment=str(spec.train.get("augment", "")), augment_seed=0,
         episode_lists=lists)
 
 
@@ -443,49 +371,10 @@ def resolve_eval_settings(ckpt: dict[str, Any], o: EvalOverrides) -> EvalSetting
     return settings
 
 
-def evaluate_model_file(path: str | Path, overrides: EvalOverrides, device: Any, *, progress: bool = False
-                        ) -> tuple[EvalSettings, dict[int, tuple[float, float]]]:
-    """Few-shot accuracy of a model file: (settings used, shots -> (mean, 95% half-width)).
-
-    With no overrides this is the trial's own evaluation on its stored episode lists (found in
-    RESULTS_DIR/episode_lists beside the model's RESULTS_DIR/models, checked by content hash),
-    so it reproduces the trial's accuracy exactly. Otherwise episodes are sampled afresh.
-    """
-    from trainers.data import load_split
-    from trainers.episodes import sample_episodes
-    from trainers.fewshot import mean_confidence_interval
-
-    ckpt = read_model_file(path)
-    settings = resolve_eval_settings(ckpt, overrides)
-    model = build_network(ckpt["genotype"], ckpt["channels"], ckpt["num_classes"], ckpt["cells"], ckpt["in_channels"])
-    model.load_state_dict(ckpt["model"])
-    split = load_split(settings.dataset, settings.root or None, settings.split,
-                       image_size=settings.image_size or None, seed=settings.data_seed, **settings.dataset_options)
-    if int(split.images.shape[1]) != ckpt["in_channels"]:
-        raise ValueError(f"{settings.dataset} images have {split.images.shape[1]} channels but the model expects "
-                         f"{ckpt['in_channels']}; evaluate on a dataset like the one it was trained on")
-    if settings.episode_lists:
-        places = [Path(path).resolve().parent.parent / EPISODE_DIR]
-        return settings, evaluate_trained(model, settings, split, device, places, progress=progress)[0]
-    from harness.preflight import check_split_contents
-
-    # names the short classes (not an index within the split), before any episode is drawn
-    check_split_contents(split, ways=settings.ways, need=max(settings.shots) + settings.queries,
-                         what="evaluation episodes", keys="--ways/--shots/--queries")
-    summary = {}
-    for shots in settings.shots:
-        episodes = sample_episodes(split.labels, ways=settings.ways, shots=shots, queries=settings.queries,
-                                   count=settings.episodes, seed=episode_sampling_seed(settings.episode_seed, shots))
-        accs = evaluate_with_settings(model, settings, split, episodes, shots, device, progress=progress)
-        mean, half = mean_confidence_interval(accs)
-        summary[shots] = (float(mean), float(half))
-    return settings, summary
-
-
 def trial_label(spec: TrialSpec) -> str:
     """Short name of a trial for Tune's status table: the trial id without its dataset prefix
     (one experiment has one dataset), e.g. `metantk-s0-c3`."""
-    prefix = f"{spec.dataset}-"
+    prefix = f"{spec.data.name}-"
     return spec.trial_id[len(prefix):] if spec.trial_id.startswith(prefix) else spec.trial_id
 
 
@@ -495,38 +384,67 @@ MODEL_NAME = "model.pt"
 OUTPUTS_NAME = "outputs.json"
 
 
+def epoch_metrics(result: Any) -> dict[str, Any]:
+    """What a trial reports to Tune after each epoch (`trainers.rfs.EpochResult`); the driver
+    turns it into the epoch's `history` row (`epoch_history_row`)."""
+    return {"epoch": result.epoch, "loss": result.loss, "train_acc": result.acc, "lr": result.lr,
+            "epoch_seconds": result.seconds}
+
+
+def train_and_evaluate(spec: TrialSpec, episode_lists: dict[int, tuple[str, Any]], work: Path, device: Any,
+                       on_epoch: Any = None, data: dict[Any, Any] | None = None) -> dict[str, Any]:
+    """One trial, Tune-free: RFS pre-training (resuming from `work/CHECKPOINT_NAME` when it is
+    there), few-shot evaluation on `episode_lists`, the model file (MODEL_NAME) and the rows
+    (OUTPUTS_NAME, `trial_outputs`) written into `work`. `on_epoch(EpochResult)` is called after
+    each epoch's checkpoint; `data`: the splits shared by the driver (`harness.shared_data`),
+    else they are read from the dataset root. Returns the final metrics (epoch, loss,
+    train_acc, done, acc_<K>shot)."""
+    import torch
+
+    from harness.shared_data import data_split_key, resolve_split
+    from trainers.rfs import TrainConfig, pretrain
+
+    split = resolve_split(data, data_split_key(spec.data, spec.data.train_split))
+    in_channels = int(split.images.shape[1])
+    model = seeded_network(spec, len(split.class_names), in_channels)
+    train_cfg = TrainConfig(**{**spec.train, "lr_decay_epochs": tuple(spec.train["lr_decay_epochs"])})
+    meta = {"genotype": spec.genotype, "channels": spec.network.init_channels, "cells": spec.network.cells,
+            "num_classes": len(split.class_names), "in_channels": in_channels, "dataset": spec.data.name}
+    result = pretrain(model, split, train_cfg, device=device, checkpoint_dir=work, on_epoch=on_epoch,
+                      progress=False, metadata=meta)
+    settings = eval_settings(spec, episode_lists)
+    store.write_atomic(work / MODEL_NAME, lambda handle: _save_model(handle, model, spec, meta, settings))
+    test_split = resolve_split(data, data_split_key(spec.data, spec.data.eval_split))
+    summary, episode_rows = evaluate_trained(model, settings, test_split, device, episode_lists=episode_lists)
+    outputs = trial_outputs(spec, result, summary, episode_rows, params=sum(p.numel() for p in model.parameters()),
+                            device_kind=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
+    store.write_text_atomic(work / OUTPUTS_NAME, json.dumps(outputs, default=_json_number))
+    return {"epoch": result.epochs_run, "loss": result.final_loss, "train_acc": result.final_train_acc,
+            "done": True, **{store.accuracy_column(k): v[0] for k, v in summary.items()}}
+
+
 def run_trial(config: dict[str, Any], specs: dict[str, dict[str, Any]],
               episode_lists: dict[int, tuple[str, Any]], data: dict[Any, Any] | None = None) -> None:
-    """The Tune trainable: train (resuming from Tune's checkpoint), evaluate, report.
+    """The Tune trainable: `train_and_evaluate` resuming from Tune's checkpoint, reporting each
+    epoch with its checkpoint and the final metrics with the outputs.
 
-    `config["trial"]` is the trial's label; `specs` maps labels to `TrialSpec` fields,
+    `config["trial"]` is the trial's label; `specs` maps labels to `TrialSpec.to_dict()`,
     `episode_lists` is `load_episode_lists` and `data` the training and evaluation splits
     (`harness.shared_data.load_shared`; None: read from the dataset root), all bound with
     `tune.with_parameters`, so they travel through Ray's object store and stay out of Tune's
     printed configs.
 
     The trial writes nothing outside its own temporary folder (on a cluster it may
-    run on a node that cannot see the driver's disk). Every epoch is reported with its
-    checkpoint; the last report's checkpoint also holds the model file and the trial's rows
-    (OUTPUTS_NAME), which the driver writes into the results folder
-    (`harness.tune_callbacks.TrialRowsCallback`).
+    run on a node that cannot see the driver's disk). The last report's checkpoint also holds
+    the model file and the trial's rows (OUTPUTS_NAME), which the driver writes into the
+    results folder (`harness.tune_callbacks.TrialRowsCallback`).
     """
-    import torch
     from ray import tune
-
-    from harness.shared_data import resolve_split, split_key
-    from trainers.rfs import TrainConfig, pretrain
 
     # Ray logs every persisted checkpoint at INFO (one line per epoch and trial, forwarded
     # to the driver's console); Tune's status table already shows the epochs.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
-    spec = TrialSpec(**specs[config["trial"]])
-    device = _device()
-    split = resolve_split(data, split_key(spec.dataset, spec.root, spec.train_split, spec.image_size, spec.data_seed,
-                                          spec.dataset_options))
-    in_channels = int(split.images.shape[1])
-    model = seeded_network(spec, len(split.class_names), in_channels)
-    train_cfg = TrainConfig(**{**spec.train, "lr_decay_epochs": tuple(spec.train["lr_decay_epochs"])})
+    spec = TrialSpec.from_dict(specs[config["trial"]])
     work = Path(tempfile.mkdtemp(prefix=f"metantk-{spec.trial_id}-"))
     try:
         restored = tune.get_checkpoint()
@@ -535,29 +453,10 @@ def run_trial(config: dict[str, Any], specs: dict[str, dict[str, Any]],
                 shutil.copy2(Path(folder) / CHECKPOINT_NAME, work / CHECKPOINT_NAME)
 
         def on_epoch(result: Any) -> None:
-            tune.report({"epoch": result.epoch, "loss": result.loss, "train_acc": result.acc, "lr": result.lr,
-                         "epoch_seconds": result.seconds},
-                        checkpoint=tune.Checkpoint.from_directory(str(work)))
-            # tests: a crash after this epoch, once (a restored attempt never raises it)
-            if spec.fail_once_at_epoch == result.epoch and restored is None:
-                raise RuntimeError(f"injected failure after epoch {result.epoch} (test)")
+            tune.report(epoch_metrics(result), checkpoint=tune.Checkpoint.from_directory(str(work)))
 
-        meta = {"genotype": spec.genotype, "channels": spec.channels, "cells": spec.cells,
-                "num_classes": len(split.class_names), "in_channels": in_channels, "dataset": spec.dataset}
-        result = pretrain(model, split, train_cfg, device=device, checkpoint_dir=work, on_epoch=on_epoch,
-                          progress=False, metadata=meta)
-        settings = eval_settings(spec, episode_lists)
-        store.write_atomic(work / MODEL_NAME, lambda handle: _save_model(handle, model, spec, meta, settings))
-
-        test_split = resolve_split(data, split_key(settings.dataset, settings.root, settings.split,
-                                                   settings.image_size, settings.data_seed, settings.dataset_options))
-        summary, episode_rows = evaluate_trained(model, settings, test_split, device, episode_lists=episode_lists)
-        outputs = trial_outputs(spec, result, summary, episode_rows, params=sum(p.numel() for p in model.parameters()),
-                                device_kind=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
-        store.write_text_atomic(work / OUTPUTS_NAME, json.dumps(outputs, default=_json_number))
-        final = {f"acc_{k}shot": v[0] for k, v in summary.items()}
-        tune.report({"epoch": result.epochs_run, "loss": result.final_loss, "train_acc": result.final_train_acc,
-                     "done": True, **final}, checkpoint=tune.Checkpoint.from_directory(str(work)))
+        final = train_and_evaluate(spec, episode_lists, work, _device(), on_epoch, data=data)
+        tune.report(final, checkpoint=tune.Checkpoint.from_directory(str(work)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -586,7 +485,7 @@ def model_file_path(results_dir: str | Path, trial_id: str) -> Path:
 def save_model_file(model: Any, spec: TrialSpec, meta: dict[str, Any], settings: EvalSettings) -> Path:
     """Write `RESULTS/models/<trial_id>.pt` atomically: the weights, the network's plain
     metadata (MODEL_KEYS), the training config and the evaluation settings, so the file alone
-    rebuilds the network and reproduces the trial's evaluation (`evaluate_model_file`).
+    rebuilds the network and reproduces the trial's evaluation (`harness.pipeline.evaluate_model_file`).
     Only tensors and plain values: it loads with `torch.load(weights_only=True)`."""
     path = model_file_path(spec.results_dir, spec.trial_id)
     store.write_atomic(path, lambda handle: _save_model(handle, model, spec, meta, settings))
@@ -602,8 +501,8 @@ def restored_history(checkpoint: Path) -> list[Any]:
 
 def history_rows(spec: TrialSpec, epochs: list[Any]) -> list[dict[str, Any]]:
     """Rows of the `history` table, one per `EpochResult` (epoch, loss, train_acc, lr, seconds)."""
-    base = {"experiment": spec.experiment, "trial_id": spec.trial_id, "dataset": spec.dataset,
-            "method": spec.method, "seed": spec.seed, "cells": spec.cells}
+    base = {"experiment": spec.experiment, "trial_id": spec.trial_id, "dataset": spec.data.name,
+            "method": spec.method, "seed": spec.seed, "cells": spec.network.cells}
     return [{**base, "epoch": int(e.epoch), "loss": float(e.loss), "train_acc": float(e.acc), "lr": float(e.lr),
              "seconds": float(e.seconds)} for e in epochs]
 
@@ -621,20 +520,26 @@ def write_history_rows(spec: TrialSpec, epochs: list[Any]) -> Path:
     return write_history_table(spec.results_dir, spec.trial_id, history_rows(spec, epochs))
 
 
+def accuracy_row(shots: tuple[int, ...], summary: dict[int, tuple[float, float]]) -> dict[str, float]:
+    """The accuracy columns of a row (`store.accuracy_columns(shots)`) from `summary`
+    (shots -> (mean, interval half-width)); NaN for a shot count that was not evaluated."""
+    nan = (math.nan, math.nan)
+    return {column: value for k in store.normalized_shots(shots)
+            for column, value in zip((store.accuracy_column(k), store.interval_column(k)), summary.get(k, nan))}
+
+
 def trial_outputs(spec: TrialSpec, result: Any, summary: dict[int, tuple[float, float]],
                   episode_rows: list[dict[str, Any]], *, params: int, device_kind: str) -> dict[str, Any]:
     """A finished trial's rows, as plain data: {"trial_id", "history": [...], "trials": [row],
     "episodes": [...]} (tables `history`, `trials`, `episodes`), written home by the driver."""
-    base = {"experiment": spec.experiment, "dataset": spec.dataset, "method": spec.method, "seed": spec.seed,
-            "cells": spec.cells}
-    nan = (math.nan, math.nan)
+    base = {"experiment": spec.experiment, "dataset": spec.data.name, "method": spec.method, "seed": spec.seed,
+            "cells": spec.network.cells}
     trial_row = {
         **base, "trial_id": spec.trial_id, "search_id": spec.search_id, "genotype": spec.genotype, "params": params,
         "search_seconds": spec.search_seconds, "train_seconds": result.seconds, "epochs": result.epochs_run,
-        "final_loss": result.final_loss, "final_train_acc": result.final_train_acc, "ways": spec.eval_ways,
-        "episodes": spec.eval_episodes, "acc_1shot": summary.get(1, nan)[0], "ci_1shot": summary.get(1, nan)[1],
-        "acc_5shot": summary.get(5, nan)[0], "ci_5shot": summary.get(5, nan)[1], "device_kind": device_kind,
-        "config_json": json.dumps(asdict(spec), sort_keys=True, default=list),
+        "final_loss": result.final_loss, "final_train_acc": result.final_train_acc, "ways": spec.evaluate.ways,
+        "episodes": spec.evaluate.episodes, **accuracy_row(spec.evaluate.shots, summary), "device_kind": device_kind,
+        "config_json": json.dumps(spec.to_dict(), sort_keys=True, default=list),
         "git_sha": "",  # the driver's, stamped when it writes the row (`write_trial_outputs`)
     }
     return {"trial_id": spec.trial_id, "history": history_rows(spec, list(result.history)), "trials": [trial_row],
@@ -644,8 +549,8 @@ def trial_outputs(spec: TrialSpec, result: Any, summary: dict[int, tuple[float, 
 def episode_table_rows(spec: TrialSpec, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows of the `episodes` table: each of `rows` (ways, shots, queries, episode, accuracy)
     with the trial's keys."""
-    base = {"experiment": spec.experiment, "dataset": spec.dataset, "method": spec.method, "seed": spec.seed,
-            "cells": spec.cells, "trial_id": spec.trial_id}
+    base = {"experiment": spec.experiment, "dataset": spec.data.name, "method": spec.method, "seed": spec.seed,
+            "cells": spec.network.cells, "trial_id": spec.trial_id}
     return [{**base, **r} for r in rows]
 
 
@@ -695,13 +600,18 @@ def record_epoch(results_dir: str | Path, spec: TrialSpec, metrics: dict[str, An
     return write_history_table(results_dir, spec.trial_id, list(rows.values()))
 
 
+def record_epoch_of(results_dir: str | Path, spec: dict[str, Any], metrics: dict[str, Any]) -> Path:
+    """`record_epoch` of a trial given as `TrialSpec.to_dict()` (as Tune's callback holds it)."""
+    return record_epoch(results_dir, TrialSpec.from_dict(spec), metrics)
+
+
 # Bumped when the trainable's config layout changes, so a Tune experiment written by older
 # code is never restored into a trainable that cannot read its config.
-_PARAM_LAYOUT = 4
+_PARAM_LAYOUT = 5
 
 
 def _specs_digest(specs: list[TrialSpec]) -> str:
-    text = json.dumps([_PARAM_LAYOUT, [asdict(s) for s in specs]], sort_keys=True, default=list)
+    text = json.dumps([_PARAM_LAYOUT, [s.to_dict() for s in specs]], sort_keys=True, default=list)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -710,37 +620,33 @@ def run_trials(cfg: ExperimentConfig, specs: list[TrialSpec], *, verbose: int = 
 
     The Parquet tables decide what is done: unreadable `trials`/`episodes` files are set
     aside first, and a trial counts as done only with both its rows. Only the missing trials
-    run (`harness.growth.tune_runs`): an interrupted Tune experiment is restored (its trials
-    resume from their last epoch), the others run in a new experiment over them alone, so
-    adding a seed never retrains a finished trial; if every trial already has its rows, Tune
-    is not started at all. Then finished trials get the evaluations of shot counts added
-    since they ran, from their model files (`harness.growth.evaluate_added_shots`).
+    run (`harness.tune_records.tune_runs`): an interrupted Tune experiment is restored (its
+    trials resume from their last epoch), the others run in a new experiment over them alone,
+    so adding a seed never retrains a finished trial; if every trial already has its rows,
+    Tune is not started at all. (Shot counts added after a trial ran are evaluated from its
+    model file by the pipeline: `evaluate_added_shots`.)
     """
-    from harness.growth import evaluate_added_shots
 
     report_set_aside(store.set_aside_unreadable(cfg.results_dir, ("trials", "episodes")))
     missing = missing_trials(cfg.results_dir, specs)
     if missing:
         _train_missing(cfg, specs, missing, verbose)
-    evaluate_added_shots(cfg, specs)
     return sorted(finished_trials(cfg.results_dir))
 
 
 def _train_missing(cfg: ExperimentConfig, specs: list[TrialSpec], missing: set[str], verbose: int) -> None:
     from ray import tune
 
-    from harness.growth import forget_tune_experiments, tune_runs
-    from harness.ray_session import attached, ensure_ray, trial_resources
+    from harness.tune_records import forget_tune_experiments, tune_runs
+    from harness.ray_session import ensure_ray, trial_resources
     from harness.shared_data import load_shared, trial_data_keys
 
     ensure_episode_lists(cfg)
-    storage, explicit = tune_storage(cfg)
+    storage, _ = tune_storage(cfg)
+    # On a cluster the caller has checked the nodes and the storage first
+    # (`harness.pipeline.check_cluster_storage`).
     cluster = ensure_ray(cfg.resources.address, cfg.resources.num_cpus)
-    if attached(cfg.resources.address):
-        from harness.cluster_checks import check_cluster
-
-        check_cluster(cfg, storage, explicit)
-    labels = {trial_label(s): asdict(s) for s in specs}
+    labels = {trial_label(s): s.to_dict() for s in specs}
     if len(labels) != len(specs):
         raise ValueError(f"trial labels are not unique: {sorted(trial_label(s) for s in specs)}")
     # The episode lists travel as data (object store), like the specs: trials read nothing
@@ -831,7 +737,8 @@ def _tuner(cfg: ExperimentConfig, trainable: Any, labels: dict[str, dict[str, An
     from harness.tune_callbacks import TrialRowsCallback
 
     path = f"{storage.rstrip('/')}/{name}"
-    callbacks = [TrialRowsCallback(cfg.results_dir, labels, code_version())]
+    callbacks = [TrialRowsCallback(cfg.results_dir, labels, code_version(), record_epoch=record_epoch_of,
+                                   collect_outputs=collect_trial_outputs)]
     if tune.Tuner.can_restore(str(path)):
         # Restoring takes the run config (callbacks included) from the stored experiment; this
         # run's callback, with this run's results folder, replaces the stored one (Ray 2.60's
@@ -866,4 +773,61 @@ def _fit(tuner: Any, cfg: ExperimentConfig, path: str, started: float) -> None:
         raise RuntimeError(f"{len(errors)} trial(s) failed after {cfg.resources.max_failures} retries "
                            f"({time.perf_counter() - started:.0f}s); first error: {errors[0]}; logs under {path}")
     if any(not (r.metrics or {}).get("done") for r in grid):
-        raise KeyboardInterrupt(f"Tune stopped before every trial finished; rerun the same command to resume")
+        raise KeyboardInterrupt("Tune stopped before every trial finished; rerun the same command to resume")
+
+
+# ----------------------------------------------------------------------------- added shot counts
+
+
+def added_evaluations(results_dir: Path, specs: list[Any], finished: set[str]) -> list[tuple[Any, int]]:
+    """(spec, shots) of each shot count of a finished trial without episode rows: a shot count
+    added to `[evaluate] shots` after the trial ran."""
+    done = evaluations_on_disk(results_dir)
+    return [(s, int(k)) for s in specs if s.trial_id in finished for k in s.evaluate.shots
+            if evaluation_key(s.trial_id, k) not in done]
+
+
+def added_evaluation_key(trial_id: str, shots: int) -> str:
+    """The `episodes` file of a shot count evaluated after its trial: `<trial id>-<K>shot`
+    (the trial's own file, `<trial id>`, is never rewritten)."""
+    return f"{trial_id}-{int(shots)}shot"
+
+
+def evaluate_added_shots(cfg: Any, specs: list[Any], device: Any = None) -> list[str]:
+    """Evaluate each finished trial on the shot counts added since it ran (`added_evaluations`),
+    from its model file, on the driver: no retraining, the trial's files untouched. Writes
+    `episodes/<trial id>-<K>shot.parquet`; returns those keys."""
+    from dataclasses import replace
+
+    import torch
+
+    from harness.shared_data import split_key
+
+    todo = added_evaluations(cfg.results_dir, specs, finished_trials(cfg.results_dir))
+    lost = sorted({s.trial_id for s, _ in todo if not model_file_path(cfg.results_dir, s.trial_id).is_file()})
+    if lost:  # nothing to evaluate: say so and go on with the others
+        print(f"warning: no model file for {len(lost)} finished trial(s) ({', '.join(lost[:3])}) in "
+              f"{cfg.results_dir / 'models'}: their added shot counts are not evaluated; rerun with --fresh "
+              f"to train them again", file=sys.stderr)
+        todo = [(s, k) for s, k in todo if s.trial_id not in lost]
+    if not todo:
+        return []
+    ensure_episode_lists(cfg)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    lists = load_episode_lists(cfg.results_dir, todo[0][0])
+    settings = eval_settings(todo[0][0], lists)
+    split = split_key(settings.dataset, settings.root, settings.split, settings.image_size, settings.data_seed,
+                      settings.dataset_options).load()
+    print(f"evaluating {len(todo)} added shot count(s) of finished trials from their model files", file=sys.stderr)
+    keys = []
+    for spec, shots in todo:
+        ckpt = read_model_file(model_file_path(cfg.results_dir, spec.trial_id))
+        model = build_network(ckpt["genotype"], ckpt["channels"], ckpt["num_classes"], ckpt["cells"],
+                              ckpt["in_channels"])
+        model.load_state_dict(ckpt["model"])
+        one = replace(eval_settings(spec, lists), shots=(shots,))
+        _, rows = evaluate_trained(model, one, split, device, episode_lists=lists)
+        key = added_evaluation_key(spec.trial_id, shots)
+        store.write_rows(cfg.results_dir, "episodes", key, episode_table_rows(spec, rows))
+        keys.append(key)
+    return keys

@@ -9,32 +9,37 @@ retried epoch or a restored trial never duplicates a row.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ray import tune
-
-from harness.trials import TrialSpec, collect_trial_outputs, record_epoch
 
 
 class TrialRowsCallback(tune.Callback):
     """Writes every row and model file of the trials into `results_dir`.
 
-    `specs` maps Tune's trial label (`config["trial"]`) to `TrialSpec` fields. A module-level
-    class of plain attributes: Tune pickles its run config (callbacks included) with the
-    experiment.
+    `specs` maps Tune's trial label (`config["trial"]`) to `TrialSpec.to_dict()`. What is
+    written comes from `harness.trials`, passed in (`record_epoch(results_dir, spec, metrics)`
+    per epoch report, `collect_outputs(results_dir, checkpoint_folder, git_sha)` per finished
+    trial), so this module needs nothing of the trials module that starts Tune with it. A
+    module-level class of plain attributes (module-level functions pickle by name): Tune
+    pickles its run config, callbacks included, with the experiment.
     """
 
-    def __init__(self, results_dir: str | Path, specs: dict[str, dict[str, Any]], git_sha: str = "") -> None:
+    def __init__(self, results_dir: str | Path, specs: dict[str, dict[str, Any]], git_sha: str, *,
+                 record_epoch: Callable[[Path, dict[str, Any], dict], Any],
+                 collect_outputs: Callable[[Path, str, str], Any]) -> None:
         self.results_dir = Path(results_dir)
         self.specs = specs
         self.git_sha = git_sha  # the driver's code version, stamped on the trials rows
+        self.record_epoch = record_epoch
+        self.collect_outputs = collect_outputs
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         # epoch reports carry `epoch_seconds`; the final report carries the outputs instead
         if "epoch_seconds" in result:
-            record_epoch(self.results_dir, TrialSpec(**self.specs[trial.config["trial"]]), result)
+            self.record_epoch(self.results_dir, self.specs[trial.config["trial"]], result)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if trial.checkpoint is not None:
             with trial.checkpoint.as_directory() as folder:
-                collect_trial_outputs(self.results_dir, folder, self.git_sha)
+                self.collect_outputs(self.results_dir, folder, self.git_sha)

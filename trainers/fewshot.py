@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainers.augment import Normalization, make_augment, resize, to_float
-from trainers.rfs import derive_seed
+from trainers.seeds import derive_seed
 from trainers.stats import mean_confidence_interval  # re-exported: callers import it from here
 
 __all__ = [

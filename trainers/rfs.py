@@ -34,12 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainers.augment import AUGMENTATIONS, Normalization, make_augment
+from trainers.seeds import derive_seed, generator
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -48,7 +48,6 @@ __all__ = [
     "RECIPES",
     "TrainConfig",
     "TrainResult",
-    "derive_seed",
     "get_recipe",
     "load_model_checkpoint",
     "pretrain",
@@ -189,14 +188,9 @@ class TrainResult:
     checkpoint: Path | None = field(default=None)
 
 
-def derive_seed(seed: int, *keys: int) -> int:
-    """A 63-bit seed from ``(seed, *keys)`` via NumPy's SeedSequence (well mixed, stable)."""
-    state = np.random.SeedSequence([seed, *keys]).generate_state(1, dtype=np.uint64)[0]
-    return int(state) & ((1 << 63) - 1)
-
-
 def _generator(seed: int, epoch: int, stream: int) -> torch.Generator:
-    return torch.Generator().manual_seed(derive_seed(seed, epoch, stream))
+    """The generator of one stream of one epoch: key (training seed, epoch, stream)."""
+    return generator(seed, epoch, stream)
 
 
 @contextlib.contextmanager

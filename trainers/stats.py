@@ -19,11 +19,15 @@ module stays cheap and torch-free (the config and the report modules import it).
 - `oriented_ranks`, `rank_correlation`, `paired_tau_difference`: a score oriented so that a
   higher rank predicts a better outcome, its rank correlation with a target, and the
   paired bootstrap of the difference between two scores' Kendall taus.
+- `summarize_seeds`: per-seed accuracies -> mean and interval (across seeds with >= 2, else
+  the one trial's episode interval); `geometric_mean_cn`, `mean_or_nan`: aggregation of a
+  proxy over repeats.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from typing import TYPE_CHECKING
 
@@ -263,3 +267,59 @@ def icc_oneway(x: np.ndarray) -> tuple[float, float]:
     if msb <= 0:
         return math.nan, math.nan
     return float((msb - msw) / (msb + (k - 1) * msw)), float((msb - msw) / msb)
+
+
+# ----------------------------------------------------------------------------- aggregation over seeds and repeats
+
+CI_SEEDS = "seeds"        # 95% t-interval across seeds
+CI_EPISODES = "episodes"  # one seed: the trial's own 95% episode interval
+CI_NONE = "none"          # no finite value
+
+
+@dataclass(frozen=True)
+class SeedSummary:
+    """Mean over seeds with its interval; `kind` says which interval `ci` is."""
+
+    n: int
+    mean: float
+    ci: float
+    kind: str
+
+
+def summarize_seeds(means: np.ndarray, episode_cis: np.ndarray) -> SeedSummary:
+    """Aggregate per-seed accuracies.
+
+    means, episode_cis: (n_seeds,). Non-finite means (an evaluation that did not run) are
+    left out. >= 2 seeds: t-interval across seeds; one seed: its episode interval.
+    """
+    means = np.asarray(means, dtype=np.float64)
+    cis = np.asarray(episode_cis, dtype=np.float64)
+    ok = np.isfinite(means)
+    n = int(ok.sum())
+    if n == 0:
+        return SeedSummary(0, math.nan, math.nan, CI_NONE)
+    if n == 1:
+        return SeedSummary(1, float(means[ok][0]), float(cis[ok][0]), CI_EPISODES)
+    return SeedSummary(n, float(means[ok].mean()), t_halfwidth(means[ok]), CI_SEEDS)
+
+
+def geometric_mean_cn(values: Sequence[float]) -> float:
+    """Geometric mean of condition numbers. values: (repeats,) in [1, inf] or NaN.
+
+    Any NaN -> NaN; any inf -> inf (a singular kernel stays singular); empty -> NaN.
+    Non-positive values cannot be condition numbers: ValueError.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0 or np.isnan(v).any():
+        return math.nan
+    if (v <= 0).any():
+        raise ValueError(f"condition numbers must be > 0, got {v.tolist()}")
+    if np.isinf(v).any():
+        return math.inf
+    return float(np.exp(np.log(v).mean()))
+
+
+def mean_or_nan(values: Sequence[float]) -> float:
+    """Arithmetic mean; NaN for an empty list or any NaN."""
+    v = np.asarray(values, dtype=np.float64)
+    return float(v.mean()) if v.size else math.nan

@@ -42,6 +42,7 @@ from trainers.maml import (
     sample_sinusoid_tasks,
     train_maml,
 )
+from trainers.seeds import theory_seed
 
 __all__ = [
     "KernelCheckConfig",
@@ -102,10 +103,7 @@ def torch_threads(n: int) -> Iterator[None]:
 
 def _generator(*ids: int) -> torch.Generator:
     """A generator seeded by a tuple of ids (seed, width, repeat, ...), never global state."""
-    mixed = 0
-    for i in ids:
-        mixed = (mixed * 1_000_003 + int(i) + 7919) % (2**63 - 1)
-    return torch.Generator().manual_seed(mixed)
+    return torch.Generator().manual_seed(theory_seed(*ids))
 
 
 def rel_error(estimate: Tensor, reference: Tensor) -> float:

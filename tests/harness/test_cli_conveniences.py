@@ -6,7 +6,6 @@ import ast
 import io
 import re
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,24 +31,22 @@ def trial(tmp_path):
     from harness.trials import (EPISODE_DIR, ensure_episode_lists, eval_settings, evaluate_trained,
                                 save_model_file, seeded_network, trial_specs)
     from search_spaces.genotypes import resolve_genotype
-    from trainers.data import load_split
-
     def make(support_augment: int = 0):
         cfg = pipeline_config(tmp_path / f"res{support_augment}")
         row = {"search_id": "synthetic-metanas-s0-c3", "method": "metanas", "seed": 0, "cells": 3,
                "genotype": resolve_genotype("metanas_in_v2").to_str(), "device_seconds": 0.0}
         (spec,) = trial_specs(cfg, [row])
-        spec = replace(spec, support_augment=support_augment)
+        spec = spec.with_evaluate(support_augment=support_augment)
         ensure_episode_lists(cfg)
-        train = load_split(spec.dataset, None, spec.train_split, seed=spec.data_seed, **spec.dataset_options)
+        train = spec.data.load(spec.data.train_split)
         model = seeded_network(spec, len(train.class_names), int(train.images.shape[1]))
         model.eval()
         settings = eval_settings(spec)
-        meta = {"genotype": spec.genotype, "channels": spec.channels, "cells": spec.cells,
+        meta = {"genotype": spec.genotype, "channels": spec.network.init_channels, "cells": spec.network.cells,
                 "num_classes": len(train.class_names), "in_channels": int(train.images.shape[1]),
-                "dataset": spec.dataset}
+                "dataset": spec.data.name}
         path = save_model_file(model, spec, meta, settings)
-        test = load_split(spec.dataset, None, spec.eval_split, seed=spec.data_seed, **spec.dataset_options)
+        test = spec.data.load(spec.data.eval_split)
         summary, _ = evaluate_trained(model, settings, test, torch.device("cpu"),
                                       [Path(spec.results_dir) / EPISODE_DIR])
         return path, settings, summary
@@ -72,7 +69,8 @@ def test_a_model_file_holds_its_evaluation_as_plain_data(trial):
 
 @pytest.mark.parametrize("support_augment", [0, 2])
 def test_evaluate_with_no_flag_reproduces_the_trial_exactly(trial, support_augment):
-    from harness.trials import EvalOverrides, evaluate_model_file
+    from harness.pipeline import evaluate_model_file
+    from harness.trials import EvalOverrides
 
     path, _, summary = trial(support_augment)
     settings, again = evaluate_model_file(path, EvalOverrides(), "cpu")

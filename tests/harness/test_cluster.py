@@ -91,7 +91,8 @@ def test_reported_epochs_merge_into_one_history_file(tmp_path):
 def test_a_trial_that_cannot_write_the_results_folder_still_has_all_its_rows(tmp_path, ray_session):
     """The trial sees a results folder it cannot create (a path below a plain file, refused even
     to root): every row and the model file still arrive, written by the driver."""
-    from harness.trials import EvalOverrides, evaluate_model_file, run_trials, trial_specs
+    from harness.pipeline import evaluate_model_file
+    from harness.trials import EvalOverrides, run_trials, trial_specs
 
     cfg = tiny_config(tmp_path)
     blocker = tmp_path / "not-a-folder"
@@ -131,7 +132,7 @@ def test_tune_storage_defaults_to_the_results_folder_and_keeps_uris(tmp_path):
 def test_storage_flag_reaches_the_config(tmp_path, repo_root):
     import argparse
 
-    from harness.cmd_search import add_common_experiment_args, load_experiment
+    from harness.cli import add_common_experiment_args, load_experiment
 
     parser = argparse.ArgumentParser()
     add_common_experiment_args(parser)

@@ -12,10 +12,11 @@ import pytest
 
 from harness.config import parse_config
 from harness.errors import UserError
-from harness.growth import (accuracies_with_added_evaluations, check_growth, plan_tune_runs, record_units, refusal,
+from harness.growth import (accuracies_with_added_evaluations, check_growth, planned_units, record_units, refusal,
                             stale_units, units_on_disk)
-from harness.identity import (Unit, changed_settings, evaluation_identity, planned_units, search_identity,
+from harness.identity import (Unit, changed_settings, evaluation_identity, search_identity,
                               trial_identity)
+from harness.tune_records import plan_tune_runs
 
 BASE = {
     "experiment": {"name": "g", "seed": 1},
@@ -141,10 +142,10 @@ def _tree(folder: Path) -> dict[str, tuple[bytes, int]]:
 
 
 def _search_stage(cfg):
-    from harness.cmd_search import results_folder
+    from harness.pipeline import results_folder
     from harness.search import run_searches
 
-    with results_folder(cfg, argparse.Namespace(fresh=False), search=True, train=False):
+    with results_folder(cfg, search=True, train=False):
         return run_searches(cfg, None, resume=True, progress=False)
 
 
@@ -198,7 +199,11 @@ def test_a_folder_without_a_ledger_takes_its_settings_from_config_toml(tmp_path)
     _search_stage(cfg)
     (cfg.results_dir / LEDGER_FILE).unlink()  # as written before the ledger existed
     (cfg.results_dir / "config.toml").write_text(to_toml(cfg))
-    from harness.search import check_resumable
+    from harness.growth import recorded_identities
+    from harness.search import check_resumable as check
+
+    def check_resumable(c):  # as the pipeline calls it: against the recorded identities
+        check(c, recorded=recorded_identities(c.results_dir))
 
     wider = config(tmp_path, search={"methods": ["random"], "init_channels": 8})
     with pytest.raises(UserError, match=r"search.init_channels 4 -> 8"):

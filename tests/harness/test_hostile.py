@@ -235,9 +235,7 @@ def test_late_checks_run_before_any_state_is_written(tmp_path: Path, changes: di
 
 
 def test_a_state_of_another_config_names_a_real_way_out_and_fresh_takes_it(tmp_path: Path, capsys) -> None:
-    import argparse
-
-    from harness.cmd_search import results_folder
+    from harness.pipeline import results_folder
     from harness.search import check_resumable, run_searches
 
     cfg = parse_config({**TINY, "experiment": {"name": "tiny", "out": str(tmp_path)}})
@@ -250,10 +248,10 @@ def test_a_state_of_another_config_names_a_real_way_out_and_fresh_takes_it(tmp_p
     config_before = (cfg.results_dir / "state" / "searches.json").read_text()
     # The refusal comes before anything is written (config.toml is not overwritten either).
     with pytest.raises(UserError, match="--fresh"):
-        with results_folder(changed, argparse.Namespace(fresh=False), search=True, train=True):
+        with results_folder(changed, fresh=False, search=True, train=True):
             pass
     assert (cfg.results_dir / "state" / "searches.json").read_text() == config_before
-    with results_folder(changed, argparse.Namespace(fresh=True), search=True, train=True):
+    with results_folder(changed, fresh=True, search=True, train=True):
         check_resumable(changed)
     (previous,) = (cfg.results_dir / "previous").iterdir()
     assert tree(previous / "searches") == rows_before  # moved aside, not deleted
@@ -475,7 +473,7 @@ def test_deleted_or_corrupt_rows_are_recomputed_and_the_report_is_complete(tmp_p
     """Before: after a deleted `trials/*.parquet`, `run` restored the finished Tune experiment,
     trained nothing, exited 0 and the report lacked the row, on every rerun."""
     from harness import store
-    from harness.report import build_report
+    from harness.pipeline import build_report
     from harness.search import run_searches
     from harness.trials import run_trials, trial_specs
 

@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from harness import leaderboard as L
-from harness import store
+from harness import figures, store
 from harness.config import parse_config
 from harness.errors import ConfigError
 
@@ -136,8 +136,8 @@ def test_figures_are_written_with_the_object_api(study_frames, tmp_path) -> None
 
     backend = matplotlib.get_backend()
     proxies, scores = study_frames
-    paths = L.write_figures(proxies, scores, tmp_path / "plots", title="t")
-    assert [p.name for p in paths] == [L.HEATMAP_FILE, L.SCATTER_FILE]
+    paths = figures.leaderboard_figures(proxies, scores, tmp_path / "plots", title="t")
+    assert [p.name for p in paths] == [figures.HEATMAP_FILE, figures.SCATTER_FILE]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
     assert matplotlib.get_backend() == backend
     corr = L.proxy_correlations(L.joined_frame(proxies, scores))
@@ -195,9 +195,9 @@ def _write_trials(cfg, rows, accs):
 def test_zero_cost_study_end_to_end_without_ray(tmp_path) -> None:
     """Score 3 genotypes with two registry proxies, join 2 trainings each, write the long
     table, the figures and the report's leaderboard."""
-    from harness.report import build_report
+    from harness.pipeline import build_report, finish_proxy_study
     from harness.scoring import InlinePool, generator
-    from harness.study import SCORES_TABLE, finish_proxy_study, load_init, score_proxies
+    from harness.study import SCORES_TABLE, load_init, score_proxies
     from search_spaces.genotypes import sample_genotype
 
     # "tasks": the study's cn_ntk on the MetaNTK's own task batch, as the registry's proxy is
@@ -220,7 +220,7 @@ def test_zero_cost_study_end_to_end_without_ray(tmp_path) -> None:
     assert len(long) == 3 * 2 * 5
     assert long[long["proxy"].isin(["synflow", "cn_ntk"])]["seconds"].gt(0).all()
     assert long[long["proxy"] == "regions"]["seconds"].isna().all()
-    assert (cfg.results_dir / "plots" / L.HEATMAP_FILE).is_file()
+    assert (cfg.results_dir / "plots" / figures.HEATMAP_FILE).is_file()
     assert results[0]["cn_ntk"] > 1
     report = build_report(cfg.results_dir, n_boot=20)
     assert "## Proxy leaderboard" in report.markdown and "retest τ between 2 trainings" in report.markdown
@@ -239,7 +239,8 @@ def test_zero_cost_study_end_to_end_without_ray(tmp_path) -> None:
 def test_a_training_missing_is_refused(tmp_path) -> None:
     from harness.errors import UserError
     from harness.scoring import InlinePool, generator
-    from harness.study import finish_proxy_study, score_proxies
+    from harness.pipeline import finish_proxy_study
+    from harness.study import score_proxies
     from search_spaces.genotypes import sample_genotype
 
     cfg = tiny_config(tmp_path, train_seeds=[0, 1], repeats=1)
@@ -280,5 +281,5 @@ def test_proxies_omniglot_runs_end_to_end_at_a_tiny_scale(repo_root, omniglot_ro
     assert scores["seconds"].gt(0).all()
     board = pd.read_csv(results / "report" / "leaderboard.csv")
     assert set(board["proxy"]) == set(PROXY_NAMES) and len(board) == 2 * len(PROXY_NAMES)
-    assert (results / "plots" / L.HEATMAP_FILE).is_file() and (results / "plots" / L.SCATTER_FILE).is_file()
+    assert (results / "plots" / figures.HEATMAP_FILE).is_file() and (results / "plots" / figures.SCATTER_FILE).is_file()
     assert "## Proxy leaderboard" in capsys.readouterr().out

@@ -92,7 +92,7 @@ def test_paper_file_runs_end_to_end(name, roots, ray_session, tmp_path, capsys):
     assert (trials["epochs"] == 1).all()
     for text in trials["config_json"]:  # evaluated with 5 support copies of the recipe's transform
         spec = json.loads(text)
-        assert spec["support_augment"] == 5 and spec["train"]["augment"] == "rfs84"
+        assert spec["evaluate"]["support_augment"] == 5 and spec["train"]["augment"] == "rfs84"
     episodes = store.read_table(results, "episodes")
     assert len(episodes) == len(trials) * 2 * 2 and set(episodes["queries"]) == {2}
     assert (results / "report" / "report.md").is_file()

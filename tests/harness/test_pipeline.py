@@ -21,19 +21,44 @@ def pipeline_config(out, name="e2e"):
     }, source="e2e")
 
 
+def failing_once_after_epoch_1(label):
+    """`harness.trials.run_trial` whose first attempt of trial `label` raises after reporting
+    epoch 1 (a crash Tune must recover from). A local function, so Ray ships it by value; it
+    patches `ray.tune.report` inside the trial's own worker process only."""
+    def trainable(config, specs, episode_lists):
+        from ray import tune
+
+        from harness import trials
+
+        real_report = tune.report
+        first_attempt = tune.get_checkpoint() is None
+
+        def report(metrics, checkpoint=None):
+            real_report(metrics, checkpoint=checkpoint)
+            if first_attempt and config["trial"] == label and metrics.get("epoch") == 1 and not metrics.get("done"):
+                raise RuntimeError("injected failure after epoch 1 (test)")
+
+        tune.report = report
+        try:
+            trials.run_trial(config, specs, episode_lists)
+        finally:
+            tune.report = real_report
+    return trainable
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, ray_session):
-    from dataclasses import replace
-
+    from harness import trials
     from harness.search import run_searches
-    from harness.trials import run_trials, trial_specs
+    from harness.trials import run_trials, trial_label, trial_specs
 
     cfg = pipeline_config(tmp_path_factory.mktemp("e2e"))
     searches = run_searches(cfg, None, progress=False)
     specs = trial_specs(cfg, searches)
     # The first trial raises once after epoch 1: Tune must restart it from that checkpoint.
-    specs = [replace(specs[0], fail_once_at_epoch=1), *specs[1:]]
-    run_trials(cfg, specs, verbose=0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(trials, "run_trial", failing_once_after_epoch_1(trial_label(specs[0])))
+        run_trials(cfg, specs, verbose=0)
     return cfg, specs
 
 
@@ -100,7 +125,8 @@ def test_evaluate_command_on_a_trained_model(finished, capsys):
 
 
 def test_evaluate_with_only_the_checkpoint_reproduces_each_trial(finished):
-    from harness.trials import EvalOverrides, evaluate_model_file
+    from harness.pipeline import evaluate_model_file
+    from harness.trials import EvalOverrides
 
     cfg, specs = finished
     trials = store.read_table(cfg.results_dir, "trials").set_index("trial_id")
@@ -131,8 +157,8 @@ def test_trial_specs_resolve_a_relative_dataset_root(tmp_path, monkeypatch):
     cfg = pipeline_config(tmp_path).replace("dataset", root="data/omniglot")
     row = {"search_id": "x", "method": "random", "seed": 0, "cells": 3, "genotype": "g", "device_seconds": 0.0}
     (spec,) = trial_specs(cfg, [row])
-    assert spec.root == str(tmp_path / "data" / "omniglot")
-    assert spec_from_config(cfg, 3).root == str(tmp_path / "data" / "omniglot")
+    assert spec.data.root == str(tmp_path / "data" / "omniglot")
+    assert spec_from_config(cfg, 3).data.root == str(tmp_path / "data" / "omniglot")
 
 
 def test_trial_network_is_seeded_with_torchs_default_init(tmp_path):

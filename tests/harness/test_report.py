@@ -11,6 +11,7 @@ from scipy import stats
 
 from harness import report, store
 from harness.cli import main
+from harness.pipeline import build_report, write_report
 
 T_975_2 = 4.302652729911275  # Student t quantile 0.975 with 2 degrees of freedom
 
@@ -339,7 +340,7 @@ def test_format_helpers() -> None:
 
 
 def test_write_report_files(results_dir: Path) -> None:
-    files = report.write_report(results_dir, n_boot=50, figures=False)  # figures: test_report_figures.py
+    files = write_report(results_dir, n_boot=50, figures=False)  # figures: test_report_figures.py
     out = results_dir / "report"
     assert dict(files) == {"report.md": out / "report.md", "table1.csv": out / "table1.csv",
                            "table2.csv": out / "table2.csv"}
@@ -356,7 +357,7 @@ def test_write_report_files(results_dir: Path) -> None:
 def test_write_report_with_proxies_and_out_dir(results_dir: Path, tmp_path: Path) -> None:
     for row in _monotone_proxies(8).to_dict("records"):
         store.write_rows(results_dir, "proxies", row["genotype_id"], [row])
-    files = report.write_report(results_dir, tmp_path / "elsewhere", n_boot=20)
+    files = write_report(results_dir, tmp_path / "elsewhere", n_boot=20)
     assert files["correlations.csv"] == tmp_path / "elsewhere" / "correlations.csv"
     corr = pd.read_csv(files["correlations.csv"])
     assert len(corr) == (4 + 1) * 2 and np.allclose(corr["kendall_tau"], 1.0)
@@ -373,16 +374,16 @@ def test_write_report_with_proxies_and_out_dir(results_dir: Path, tmp_path: Path
 
 def test_report_with_searches_only_notes_missing_trials(tmp_path: Path) -> None:
     store.write_rows(tmp_path, "searches", "s", [search("metantk", 0, 30.0)])
-    rep = report.build_report(tmp_path)
+    rep = build_report(tmp_path)
     assert "No `trials` rows" in rep.markdown and set(rep.tables) == set()
     assert "30.0 s" in rep.markdown
 
 
 def test_empty_or_missing_folder_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"no Parquet results under .*metantk-nas run"):
-        report.write_report(tmp_path)
+        write_report(tmp_path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        report.write_report(tmp_path / "missing")
+        write_report(tmp_path / "missing")
     assert not (tmp_path / "report").exists()
 
 

@@ -21,7 +21,7 @@ from harness import store
 from harness.figures import (FIGURE_DIR, cells_figure, curves_figure, figure_bytes, proxy_scatter_figure,
                              seed_strip_figure, trajectory_figure, write_figures)
 from harness.html_report import markdown_to_html
-from harness.report import write_report
+from harness.pipeline import write_report
 
 from test_report import proxy_row, search, trial
 
@@ -165,7 +165,7 @@ def test_proxy_scatter_keeps_the_callers_backend_and_draws_infinities(tmp_path):
 
 
 def test_the_study_plot_writes_png_and_svg_without_switching_backend(tmp_path):
-    from harness.study import plot_proxies
+    from harness.figures import plot_proxies
 
     frame = pd.DataFrame([proxy_row(i, cn=10.0 + i, regions=float(i), acc1=0.1 * i, acc5=0.5) for i in range(4)])
     _backend_untouched(lambda: plot_proxies(frame, tmp_path / "p.png", n_boot=5))

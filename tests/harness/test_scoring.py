@@ -32,9 +32,7 @@ def _candidates():
 
 @pytest.mark.parametrize("algorithm", ["maml", "anil"])
 def test_batched_condition_numbers_match_one_by_one(scorer, algorithm):
-    import dataclasses
-
-    s = Scorer(dataclasses.replace(scorer.spec, algorithm=algorithm))
+    s = Scorer(scorer.spec.with_kernel(algorithm=algorithm))
     key = (0, "batched", 1, 0)
     cands = _candidates()
     one = [s.score(m, key, ("cn_meta", "cn_ntk", "rn")) for m in cands]

@@ -34,7 +34,7 @@ def scorer() -> Scorer:
 
 def test_reference_defaults_in_the_spec():
     spec = spec_from_config(_cfg(), 3)
-    assert spec.kernel_normalization == "cifar" and spec.ntk_batch == "plain"
+    assert spec.kernel.kernel_normalization == "cifar" and spec.kernel.ntk_batch == "plain"
     with pytest.raises(ConfigError, match="ntk_batch"):
         _cfg(ntk_batch="episodes")
     with pytest.raises(ConfigError, match="kernel_normalization"):

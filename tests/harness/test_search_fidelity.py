@@ -103,9 +103,10 @@ def test_each_edge_group_is_ranked_alone_against_the_net_with_earlier_groups_pru
 
 def test_per_cell_count_kernel_settings_reach_the_scorer_and_the_rows(fake_run):
     cfg, pool, _ = fake_run
-    kinds = {(job.spec.cells, job.spec.algorithm, job.spec.inner_time, job.spec.reg) for job in pool.jobs}
+    kinds = {(job.spec.network.cells, job.spec.kernel.algorithm, job.spec.kernel.inner_time, job.spec.kernel.reg)
+             for job in pool.jobs}
     assert kinds == {(3, "maml", math.inf, 1e-3), (4, "anil", 1.0, 1e-5)}
-    assert spec_from_config(cfg, 4).algorithm == "anil" and spec_from_config(cfg, 3).algorithm == "maml"
+    assert spec_from_config(cfg, 4).kernel.algorithm == "anil" and spec_from_config(cfg, 3).kernel.algorithm == "maml"
     df = store.read_table(cfg.results_dir, "searches").set_index("search_id")
     assert df.loc["synthetic-metantk-s0-c4", ["algorithm", "inner_time", "reg"]].tolist() == ["anil", 1.0, 1e-5]
     assert df.loc["synthetic-metantk-s0-c3", ["algorithm", "inner_time", "reg"]].tolist() == ["maml", math.inf, 1e-3]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from harness.config import parse_config
-from harness.shared_data import (SplitKey, load_shared, resolve_split, score_data_key, shared_split, split_arrays,
+from harness.shared_data import (SplitKey, load_shared, preloaded_split, resolve_split, score_data_key, shared_split, split_arrays,
                                  split_key, trial_data_keys)
 from trainers.data import load_split
 
@@ -80,7 +80,7 @@ def test_the_inline_scorer_takes_a_shared_split(monkeypatch, tmp_path):
     monkeypatch.setattr("trainers.data.load_split", never_load)
     masks = np.ones((2, 9, 7), bool)
     ((ident, score),) = score_job({}, Job(spec, (2, "s", 0, 0), ("rn",), (("origin", masks),)),
-                                  torch.device("cpu"), 1, shared)
+                                  torch.device("cpu"), 1, lambda s: preloaded_split(shared, s))
     assert ident == "origin" and score.rn >= 1
 
 

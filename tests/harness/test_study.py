@@ -12,7 +12,8 @@ from harness import scoring, store
 from harness.config import parse_config
 from harness.errors import UserError
 from harness.scoring import generator
-from harness.study import (INIT_FILE, PLOT_FILE, PROXY_COLUMNS, aggregate, finish_proxy_study,
+from harness.pipeline import finish_proxy_study
+from harness.study import (INIT_FILE, PLOT_FILE, PROXY_COLUMNS, aggregate,
                            geometric_mean_cn, load_init, proxy_specs, score_proxies)
 
 
@@ -118,7 +119,7 @@ def test_a_partial_checkpoint_scores_only_what_is_missing(scored, tmp_path):
     store.write_json_atomic(cfg2.results_dir / INIT_FILE, data)
     pool = InlinePool()
     assert _values(score_proxies(cfg2, rows, progress=False, pool=pool)) == _values(results)
-    assert [(job.spec.algorithm, job.key[-1], [i for i, _ in job.items]) for job in pool.jobs] == [
+    assert [(job.spec.kernel.algorithm, job.key[-1], [i for i, _ in job.items]) for job in pool.jobs] == [
         ("anil", 1, [(rows[1]["search_id"], "anil", 1)])]
 
 
@@ -130,7 +131,7 @@ def test_a_changed_spec_is_rescored_only_where_it_matters(scored, pool, tmp_path
     before = len(pool.jobs)
     (again,) = score_proxies(cfg2, rows[:1], progress=False, pool=pool)
     # Only the ANIL kernel depends on study.anil_reg: its 2 repeats are rescored, nothing else.
-    assert [(j.spec.algorithm, j.spec.reg) for j in pool.jobs[before:]] == [("anil", 0.1)] * 2
+    assert [(j.spec.kernel.algorithm, j.spec.kernel.reg) for j in pool.jobs[before:]] == [("anil", 0.1)] * 2
     assert again["cn_metantk_anil"] != results[0]["cn_metantk_anil"]
     same = ("cn_metantk_maml", "cn_ntk", "regions")
     assert [again[c] for c in same] == [results[0][c] for c in same]
@@ -150,9 +151,9 @@ def test_a_changed_genotype_is_rescored(scored, pool, tmp_path):
 def test_maml_and_anil_specs_differ_only_in_the_inner_loop(tmp_path):
     cfg = tiny_config(tmp_path)
     specs = proxy_specs(cfg, 3)
-    assert specs["maml"].algorithm == "maml" and specs["anil"].algorithm == "anil"
+    assert specs["maml"].kernel.algorithm == "maml" and specs["anil"].kernel.algorithm == "anil"
     assert specs["maml"].model_key == specs["anil"].model_key
-    assert specs["anil"].inner_time == cfg.study.anil_inner_time and specs["anil"].reg == cfg.study.anil_reg
+    assert specs["anil"].kernel.inner_time == cfg.study.anil_inner_time and specs["anil"].kernel.reg == cfg.study.anil_reg
 
 
 @pytest.mark.parametrize("values, expected", [
@@ -186,7 +187,7 @@ def write_trials(cfg, rows, accs):
 
 
 def test_finish_writes_proxy_rows_plots_and_the_report_shows_them(scored):
-    from harness.report import build_report
+    from harness.pipeline import build_report
 
     cfg, rows, results = scored
     accs = [(0.4, 0.6), (0.5, 0.7), (0.3, 0.55)]
@@ -224,7 +225,7 @@ def test_finish_refuses_trials_without_scores(scored, tmp_path):
 
 
 def test_infinite_condition_numbers_are_plotted_and_kept(tmp_path):
-    from harness.study import plot_proxies
+    from harness.figures import plot_proxies
 
     frame = pd.DataFrame({
         "dataset": "d", "cn_metantk_maml": [10.0, math.inf, 100.0, 50.0], "cn_metantk_anil": [1.0, 2.0, 3.0, 4.0],
@@ -236,9 +237,11 @@ def test_infinite_condition_numbers_are_plotted_and_kept(tmp_path):
 
 @pytest.mark.slow
 def test_ray_pool_gives_the_inline_scores(scored, ray_session, tmp_path):
-    """Through `harness.cmd_search.start_pool` (Ray actors), as `metantk-nas run` does."""
+    """Through `harness.pipeline.start_pool` (Ray actors), as `metantk-nas run` does."""
+    from harness.pipeline import proxy_stage
+
     cfg, rows, results = scored
     cfg2 = tiny_config(tmp_path).replace("resources", workers=2)
-    got = np.array(_values(score_proxies(cfg2, rows[:2], progress=False)))
+    got = np.array(_values(proxy_stage(cfg2, rows[:2], progress=False)))
     # Equal up to float summation order: Ray workers run torch with one thread.
     np.testing.assert_allclose(got, np.array(_values(results[:2])), rtol=1e-3)

@@ -2,8 +2,6 @@
 transform (it once raised ValueError after the whole training)."""
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
 from harness.config import parse_config
@@ -39,7 +37,7 @@ def test_trial_evaluation_augments_support_with_the_recipe_transform(tmp_path, m
     summary, rows = evaluate_trained(model, eval_settings(spec), split, torch.device("cpu"), places)
     assert used == ["small"]  # the synthetic recipe's training augmentation
     assert 0.0 <= summary[1][0] <= 1.0 and len(rows) == 3
-    plain, _ = evaluate_trained(model, eval_settings(dataclasses.replace(spec, support_augment=0)), split,
+    plain, _ = evaluate_trained(model, eval_settings(spec.with_evaluate(support_augment=0)), split,
                                 torch.device("cpu"), places)
     assert used == ["small"]  # no augmentation without support_augment
     assert 0.0 <= plain[1][0] <= 1.0

@@ -47,12 +47,11 @@ def config(out: Path, name: str, address: str):
 
 
 def run(cfg) -> None:
-    from harness.cmd_run import check_cluster_storage
-    from harness.cmd_search import run_search_stage
+    from harness.pipeline import check_cluster_storage, search_stage
     from harness.trials import run_trials, trial_specs
 
     check_cluster_storage(cfg)
-    searches = run_search_stage(cfg, resume=True, progress=False)
+    searches = search_stage(cfg, resume=True, progress=False)
     print(f"{time.strftime('%T')} {cfg.experiment.name}: searches done", flush=True)
     run_trials(cfg, trial_specs(cfg, searches), verbose=0)
     print(f"{time.strftime('%T')} {cfg.experiment.name}: trials done", flush=True)
