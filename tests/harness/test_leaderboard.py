@@ -227,7 +227,7 @@ def test_zero_cost_study_end_to_end_without_ray(tmp_path) -> None:
     board = report.tables["leaderboard"]
     assert set(board["proxy"]) == {"cn_metantk_maml", "cn_metantk_anil", "cn_ntk", "regions", "synflow"}
     # the leaderboard's figures are in the HTML report, drawn from the same tables
-    from harness.report import write_report
+    from harness.pipeline import write_report
 
     files = write_report(cfg.results_dir, n_boot=20)
     page = files["index.html"].read_text(encoding="utf-8")
