@@ -523,21 +523,31 @@ def read_table(results_dir: str | os.PathLike[str], table: str,
 
     Row order is deterministic: files sorted by name, rows in file order. No files ->
     an empty DataFrame with the columns and dtypes of `shots` (default: 1 and 5). A file
-    that does not match the schema raises SchemaError naming the file and the column(s),
-    as do files of one table holding accuracies of different shot counts.
+    that does not match the schema raises SchemaError naming the file and the column(s).
+    Files of one table with different shot counts (an experiment whose `[evaluate] shots`
+    grew: a finished trial's row keeps the shot counts it was trained with) read as the union
+    of their accuracy columns, NaN where a file has none (`harness.report.
+    accuracies_with_added_evaluations` fills those from the `episodes` rows).
     """
     _check_table(table)
     files = table_files(results_dir, table)
     parts = [_read_file(path, table) for path in files]
     if not parts:
         return table_schema(table, DEFAULT_SHOTS if shots is None else shots).empty_table().to_pandas()
-    kinds = {shots_of(p.schema.names): f for p, f in zip(parts, files)}
-    if len(kinds) > 1:
-        listed = "; ".join(f"{f.name} has shots {list(k)}" for k, f in kinds.items())
-        raise SchemaError(f"{Path(results_dir)}/{table}: files hold accuracies of different shot counts "
-                          f"({listed}); keep one `[evaluate] shots` per results folder (use another "
-                          "`results_dir` for another evaluation)")
+    every = normalized_shots(k for p in parts for k in shots_of(p.schema.names))
+    if any(shots_of(p.schema.names) != every for p in parts):
+        schema = table_schema(table, every)
+        parts = [_with_columns(p, schema) for p in parts]
     return pa.concat_tables(parts).to_pandas()
+
+
+def _with_columns(part: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`part` with every column of `schema` in its order, the ones it lacks (accuracy columns
+    of shot counts it was not evaluated on) as NaN."""
+    n = part.num_rows
+    columns = [part.column(f.name) if f.name in part.column_names else pa.array([math.nan] * n, f.type)
+               for f in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def has_parquet(results_dir: str | os.PathLike[str]) -> bool:

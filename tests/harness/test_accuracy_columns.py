@@ -51,11 +51,15 @@ def test_a_two_shot_table_round_trips_and_is_checked(tmp_path: Path) -> None:
         store.write_rows(tmp_path, "trials", "t1", [{k: v for k, v in row.items() if k != "ci_2shot"}])
 
 
-def test_files_of_different_shot_counts_are_refused(tmp_path: Path) -> None:
+def test_files_of_different_shot_counts_read_as_the_union_of_their_columns(tmp_path: Path) -> None:
+    # an experiment whose [evaluate] shots grew: the older trial's row keeps its shot counts
     store.write_rows(tmp_path, "trials", "a", [_trial_row("metantk", 0, {2: 0.7})])
     store.write_rows(tmp_path, "trials", "b", [_trial_row("metantk", 1, {1: 0.6, 5: 0.8})])
-    with pytest.raises(store.SchemaError, match="different shot counts"):
-        store.read_table(tmp_path, "trials")
+    frame = store.read_table(tmp_path, "trials")
+    assert [c for c in frame.columns if c.startswith(("acc_", "ci_"))] == [
+        "acc_1shot", "ci_1shot", "acc_2shot", "ci_2shot", "acc_5shot", "ci_5shot"]
+    assert frame["acc_2shot"].tolist()[0] == 0.7 and math.isnan(frame["acc_2shot"].tolist()[1])
+    assert math.isnan(frame["acc_1shot"].tolist()[0]) and frame["acc_5shot"].tolist()[1] == 0.8
 
 
 def test_an_empty_table_has_the_requested_shots(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ def failing_once_after_epoch_1(label):
     """`harness.trials.run_trial` whose first attempt of trial `label` raises after reporting
     epoch 1 (a crash Tune must recover from). A local function, so Ray ships it by value; it
     patches `ray.tune.report` inside the trial's own worker process only."""
-    def trainable(config, specs, episode_lists):
+    def trainable(config, specs, episode_lists, data=None):
         from ray import tune
 
         from harness import trials
@@ -40,7 +40,7 @@ def failing_once_after_epoch_1(label):
 
         tune.report = report
         try:
-            trials.run_trial(config, specs, episode_lists)
+            trials.run_trial(config, specs, episode_lists, data)
         finally:
             tune.report = real_report
     return trainable
