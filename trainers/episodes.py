@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -170,17 +168,9 @@ class EpisodeList:
 
     def save(self, path: str | Path) -> Path:
         """Write the .npz (see `write`) atomically: temp file beside `path`, then rename."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                self.write(fh)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        from trainers.atomic import write_atomic
+
+        return write_atomic(path, self.write)
 
     @classmethod
     def load(cls, path: str | Path) -> EpisodeList:

@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+
+from trainers.atomic import write_atomic
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -238,18 +240,9 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[Tensor
 
 
 def _atomic_save(payload: Mapping[str, Any], path: Path) -> None:
-    """``torch.save`` to a temp file beside ``path``, fsync, then ``os.replace`` it into place."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(dict(payload), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # Leave no partial file behind; the previous checkpoint (if any) stays intact.
-        tmp.unlink(missing_ok=True)
-        raise
+    """``torch.save`` through `trainers.atomic.write_atomic` (temp file beside ``path``, fsync,
+    rename): a crash mid-write leaves the previous checkpoint intact."""
+    write_atomic(path, lambda fh: torch.save(dict(payload), fh))
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:

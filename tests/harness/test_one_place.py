@@ -57,3 +57,18 @@ def test_a_missing_command_module_is_an_error_not_a_silently_missing_command(
     monkeypatch.setattr(cli, "COMMAND_MODULES", cli.COMMAND_MODULES + ("harness.cmd_does_not_exist",))
     with pytest.raises(ModuleNotFoundError, match="cmd_does_not_exist"):
         cli.build_parser()
+
+
+def test_one_atomic_writer() -> None:
+    """Every write that must not be seen half-done goes through `trainers.atomic.write_atomic`:
+    no other module makes temp files to rename over a target (moving a finished folder or file
+    aside, as `--fresh` and Tune's experiment record do, is a move, not a write)."""
+    import re
+
+    writers = []
+    for room in ("harness", "trainers", "kernels", "search_spaces"):
+        for path in sorted((REPO / room).rglob("*.py")):
+            text = path.read_text(encoding="utf-8")
+            if re.search(r"\bmkstemp\(|\.tmp[-\"']", text):  # a temp file made to be renamed over a target
+                writers.append(path.relative_to(REPO).as_posix())
+    assert writers == ["trainers/atomic.py"]
