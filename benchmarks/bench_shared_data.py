@@ -49,13 +49,15 @@ def use_split(mode: str, key, shared) -> dict[str, int]:
 def main() -> None:
     import ray
 
-    from harness.shared_data import load_shared, split_key
+    from harness.shared_data import data_split_key, load_shared
+    from harness.specs import DataSpec
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--images-per-class", type=int, default=500)
     args = p.parse_args()
-    key = split_key("synthetic", "", "train", 0, 0, {"train_classes": 64, "images_per_class": args.images_per_class})
+    options = {"train_classes": 64, "images_per_class": args.images_per_class}
+    key = data_split_key(DataSpec("synthetic", "", 0, "train", "train", options, 0), "train")
     ray.init(address="local", num_cpus=args.workers, include_dashboard=False, object_store_memory=400 * 2**20,
              log_to_driver=False)
     try:

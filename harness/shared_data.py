@@ -31,28 +31,16 @@ class SplitKey:
     seed: int                      # class split / generation seed
     options: tuple[tuple[str, Any], ...]
 
+    def data(self) -> Any:
+        """This split as a `harness.specs.DataSpec` whose train and eval split are both it."""
+        from harness.specs import DataSpec
+
+        return DataSpec(name=self.dataset, root=self.root, image_size=self.image_size, train_split=self.split,
+                        eval_split=self.split, options=self.options, seed=self.seed)
+
     def load(self) -> Any:
-        """The split, read from the dataset root (`trainers.data.load_split`)."""
-        from trainers.data import load_split
-
-        return load_split(self.dataset, self.root or None, self.split, image_size=self.image_size or None,
-                          seed=self.seed, **dict(self.options))
-
-
-def _frozen(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return tuple(sorted((str(k), _frozen(v)) for k, v in value.items()))
-    if isinstance(value, (list, tuple)):
-        return tuple(_frozen(v) for v in value)
-    return value
-
-
-def split_key(dataset: str, root: str, split: str, image_size: int, seed: int, options: Any) -> SplitKey:
-    """A `SplitKey` (options as a sorted tuple: a dict, or already a tuple of pairs)."""
-    from harness.specs import absolute_root
-
-    pairs = options if isinstance(options, tuple) else _frozen(dict(options))
-    return SplitKey(dataset, absolute_root(root), split, int(image_size or 0), int(seed), pairs)
+        """The split, read from the dataset root (`harness.specs.DataSpec.load`: one loader call)."""
+        return self.data().load(self.split)
 
 
 def split_arrays(split: Any) -> dict[str, Any]:
@@ -80,9 +68,12 @@ def shared_split(arrays: Mapping[str, Any]) -> Any:
 
 
 def data_split_key(data: Any, split: str) -> SplitKey:
-    """The key of split `split` of a `harness.specs.DataSpec` (the one way trials, scorers and
-    the driver name a split, so their keys agree)."""
-    return split_key(data.name, data.root, split, data.image_size, data.seed, data.options)
+    """The key of split `split` of a `harness.specs.DataSpec` (the one way trials, scorers, the
+    driver and `evaluate` name a split, so their keys agree; the root made absolute)."""
+    from harness.specs import absolute_root, freeze
+
+    options = data.options if isinstance(data.options, tuple) else freeze(dict(data.options))
+    return SplitKey(data.name, absolute_root(data.root), split, int(data.image_size or 0), int(data.seed), options)
 
 
 def trial_data_keys(cfg: Any) -> dict[str, SplitKey]:

@@ -801,8 +801,6 @@ def evaluate_added_shots(cfg: Any, specs: list[Any], device: Any = None) -> list
 
     import torch
 
-    from harness.shared_data import split_key
-
     todo = added_evaluations(cfg.results_dir, specs, finished_trials(cfg.results_dir))
     lost = sorted({s.trial_id for s, _ in todo if not model_file_path(cfg.results_dir, s.trial_id).is_file()})
     if lost:  # nothing to evaluate: say so and go on with the others
@@ -816,8 +814,7 @@ def evaluate_added_shots(cfg: Any, specs: list[Any], device: Any = None) -> list
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     lists = load_episode_lists(cfg.results_dir, todo[0][0])
     settings = eval_settings(todo[0][0], lists)
-    split = split_key(settings.dataset, settings.root, settings.split, settings.image_size, settings.data_seed,
-                      settings.dataset_options).load()
+    split = settings.data().load(settings.split)
     print(f"evaluating {len(todo)} added shot count(s) of finished trials from their model files", file=sys.stderr)
     keys = []
     for spec, shots in todo:

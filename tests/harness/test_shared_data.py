@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from harness.config import parse_config
-from harness.shared_data import (SplitKey, load_shared, preloaded_split, resolve_split, score_data_key, shared_split, split_arrays,
-                                 split_key, trial_data_keys)
+from harness.shared_data import (SplitKey, data_split_key, load_shared, preloaded_split, resolve_split, score_data_key,
+                                 shared_split, split_arrays, trial_data_keys)
+from harness.specs import DataSpec
 from trainers.data import load_split
 
 # An Omniglot experiment whose root exists nowhere: any worker that reads the root fails.
@@ -57,7 +58,9 @@ def test_keys_of_a_trial_and_of_a_scorer_name_the_same_split(tmp_path):
     assert keys["train"] == score_data_key(spec_from_config(cfg, 3))
     assert keys["train"] == SplitKey("omniglot", NOWHERE, "train", 0, 2, ())
     assert keys["eval"].split == "test"
-    assert split_key("x", "", "s", 0, 0, {"b": [1, 2], "a": 1}).options == (("a", 1), ("b", (1, 2)))
+    spec = DataSpec("x", "", 0, "a", "b", {"b": [1, 2], "a": 1}, 0)  # options as a mapping: frozen
+    key = data_split_key(spec, "s")
+    assert key.options == (("a", 1), ("b", (1, 2))) and key.data().train_split == key.data().eval_split == "s"
 
 
 def test_a_shared_split_is_used_instead_of_the_root(monkeypatch, tmp_path):
