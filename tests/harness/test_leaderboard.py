@@ -258,8 +258,9 @@ def test_a_training_missing_is_refused(tmp_path) -> None:
 @pytest.mark.slow
 def test_proxies_omniglot_runs_end_to_end_at_a_tiny_scale(repo_root, omniglot_root, ray_session, tmp_path, capsys):
     """experiments/proxies_omniglot.toml through `metantk-nas run` on the real Omniglot data,
-    reduced to 2 genotypes x 2 trainings of 1 epoch, 1 redraw and 10 episodes: every proxy
-    of the registry is scored, trained twice, joined, and the report has the leaderboard."""
+    reduced to 2 genotypes x 2 trainings of 1 epoch of a 2-cell, 4-channel network on 16x16
+    images (kernel batch 8x8, 20 region inputs), 1 redraw and 10 episodes: every proxy of the
+    registry is scored, trained twice, joined, and the report has the leaderboard."""
     from harness.cli import main
     from harness.config import load_config, to_toml
     from kernels.proxy_names import PROXY_NAMES
@@ -268,14 +269,16 @@ def test_proxies_omniglot_runs_end_to_end_at_a_tiny_scale(repo_root, omniglot_ro
     assert set(shipped.study.zero_cost) == set(PROXY_NAMES) and shipped.study.train_seeds == (0, 1)
     assert len(shipped.search.seeds) == 48
     cfg = load_config(repo_root / "experiments" / "proxies_omniglot.toml", {
-        "search": {"seeds": [0, 1]}, "study": {"repeats": 1, "n_boot": 20},
+        "dataset": {"image_size": 16},
+        "search": {"seeds": [0, 1], "cells": [2], "init_channels": 4, "kernel_image_size": 8, "region_inputs": 20},
+        "study": {"repeats": 1, "n_boot": 20},
         "train": {"epochs": 1, "lr_decay_epochs": []}, "evaluate": {"episodes": 10}, "resources": {"workers": 1}})
     path = tmp_path / "proxies_tiny.toml"
     path.write_text(to_toml(cfg))
     assert main(["run", str(path), "--root", str(omniglot_root), "--out", str(tmp_path), "--no-progress"]) == 0
     results = tmp_path / "proxies_omniglot"
     trials = store.read_table(results, "trials")
-    assert sorted(trials["trial_id"]) == [f"omniglot-random-s{s}-c3-t{t}" for s in range(2) for t in (0, 1)]
+    assert sorted(trials["trial_id"]) == [f"omniglot-random-s{s}-c2-t{t}" for s in range(2) for t in (0, 1)]
     scores = store.read_table(results, "proxy_scores")
     assert set(scores["proxy"]) == set(PROXY_NAMES) and len(scores) == 2 * len(PROXY_NAMES)
     assert scores["seconds"].gt(0).all()
