@@ -126,14 +126,20 @@ EDGE_GROUPS: tuple[tuple[int, int], ...] = NODE_EDGES
 SEARCH_ROUNDS = (N_OPS - 1) + N_CELL_TYPES * sum(1 for lo, hi in EDGE_GROUPS if hi - lo > KEEP_EDGES)
 
 
+def pruning_networks_per_round() -> tuple[int, ...]:
+    """Networks one pruning search scores per repeat in each of its SEARCH_ROUNDS rounds, in
+    order: op round r (0-based) has N_OPS - r active ops on each of the N_CELL_TYPES x N_EDGES
+    edges, then one round per node group with more than KEEP_EDGES inputs and cell type (its
+    edges), each round with one origin. For the DARTS space: 126+108+90+72+54+36 op
+    candidates, then 3, 4, 3, 4 edges (normal, then reduce), plus 1 per round."""
+    ops = [N_CELL_TYPES * N_EDGES * (N_OPS - r) + 1 for r in range(N_OPS - 1)]
+    edges = [hi - lo + 1 for _ in range(N_CELL_TYPES) for lo, hi in EDGE_GROUPS if hi - lo > KEEP_EDGES]
+    return (*ops, *edges)
+
+
 def pruning_network_count() -> int:
-    """Networks one pruning search scores per repeat: every op candidate of the op rounds
-    (round r has N_OPS - r active ops on each of the N_CELL_TYPES x N_EDGES edges), every edge
-    of a node group with more than KEEP_EDGES inputs, and one origin per round. For the DARTS
-    space: 126+108+90+72+54+36 op candidates, 3+4 edges per cell type, 10 rounds."""
-    n_op = N_CELL_TYPES * N_EDGES * sum(N_OPS - r for r in range(N_OPS - 1))
-    n_edge = N_CELL_TYPES * sum(hi - lo for lo, hi in EDGE_GROUPS if hi - lo > KEEP_EDGES)
-    return n_op + n_edge + SEARCH_ROUNDS
+    """Networks one pruning search scores per repeat (`pruning_networks_per_round`, summed)."""
+    return sum(pruning_networks_per_round())
 
 
 def active_edges(masks: np.ndarray, cell_type: int, lo: int = 0, hi: int = N_EDGES) -> list[int]:
@@ -301,8 +307,11 @@ def _candidate_rows(cfg: ExperimentConfig, plan: SearchState, dataset: str, roun
     return rows
 
 
-def search_bars(states: list[SearchState], total: int, progress: bool, stream: Any = None) -> dict[str, Any]:
-    """Progress of the pruning searches `states` (each `total` scored networks), by search id.
+def search_bars(states: list[SearchState], repeats: int, progress: bool, stream: Any = None) -> dict[str, Any]:
+    """Progress of the unfinished pruning searches among `states`, by search id, counting
+    scored networks (candidates + origins, x `repeats`): tqdm's rate is then candidates/s. A
+    resumed search starts at the networks of its finished rounds; finished searches (of an
+    earlier run, or grown experiments) are not counted at all.
 
     On a terminal one tqdm bar per search; in a log (`stream`, default stderr, not a terminal)
     ONE periodic line for all of them together (18 bars for `ablation_mini` would garble a
@@ -310,13 +319,19 @@ def search_bars(states: list[SearchState], total: int, progress: bool, stream: A
     """
     from trainers.progress import LineProgress, is_terminal, progress_bar
 
-    if progress and states and not is_terminal(stream):
-        n = len(states)
-        shared = LineProgress(total * n, f"{n} search{'es' if n > 1 else ''}", "cand", stream=stream)
-        return {s.search_id: shared for s in states}
-    return {s.search_id: progress_bar(total, f"{s.search_id} round {s.round + 1}/{SEARCH_ROUNDS}", "cand", enabled=progress,
-                                      stream=stream, position=i, leave=True, dynamic_ncols=True, mininterval=1.0)
-            for i, s in enumerate(states)}
+    per_round = pruning_networks_per_round()
+    total = sum(per_round) * repeats
+    todo = [s for s in states if s.method in PRUNING_METHODS and s.stage != "done"]
+    done = {s.search_id: sum(per_round[:s.round]) * repeats for s in todo}
+    if progress and todo and not is_terminal(stream):
+        n = len(todo)
+        shared = LineProgress(total * n, f"{n} search{'es' if n > 1 else ''}", "cand", stream=stream,
+                              initial=sum(done.values()))
+        return {s.search_id: shared for s in todo}
+    return {s.search_id: progress_bar(total, f"{s.search_id} round {s.round + 1}/{SEARCH_ROUNDS}", "cand",
+                                      enabled=progress, stream=stream, initial=done[s.search_id], position=i,
+                                      leave=True, dynamic_ncols=True, mininterval=1.0)
+            for i, s in enumerate(todo)}
 
 
 def run_searches(cfg: ExperimentConfig, pool: Any, *, resume: bool = False, stop_after_round: int | None = None,
@@ -350,10 +365,7 @@ def run_searches(cfg: ExperimentConfig, pool: Any, *, resume: bool = False, stop
     _record_search_identities(cfg, plans)  # what each search is made with (`harness.identity`)
     _save_state(results_dir, digest, states)
     repeats = cfg.search.repeats
-    # One bar per pruning search, counting scored networks (candidates + origins, x repeats);
-    # tqdm's rate is then candidates/s.
-    total = pruning_network_count() * repeats
-    bars = search_bars([s for s in states if s.method in PRUNING_METHODS], total, progress)
+    bars = search_bars(states, repeats, progress)
     by_search = {s.search_id: s for s in states}
     rounds: dict[str, _Round] = {}
     feed = JobFeed()

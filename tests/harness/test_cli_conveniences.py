@@ -178,23 +178,43 @@ def test_a_bar_only_on_a_terminal():
 def test_searches_in_a_log_share_one_progress_line():
     from tqdm.auto import tqdm
 
-    from harness.search import SearchState, search_bars
+    from harness.search import SearchState, pruning_network_count, search_bars
 
+    per = pruning_network_count()
     states = [SearchState(f"s{i}", "metantk", i, 3) for i in range(3)]
     log = io.StringIO()
-    bars = search_bars(states, 10, True, stream=log)
+    bars = search_bars(states, 2, True, stream=log)
     assert len({id(b) for b in bars.values()}) == 1  # one line for all searches, not 3 bars
     for bar in bars.values():
-        bar.update(10)
+        bar.update(2 * per)
     for bar in bars.values():  # run_searches closes them all at the end
         bar.close()
     assert log.getvalue().splitlines() == [log.getvalue().splitlines()[0]]
-    assert log.getvalue().startswith("3 searches: 30/30 cand (100%)")
+    assert log.getvalue().startswith(f"3 searches: {6 * per}/{6 * per} cand (100%)")
     terminal = FakeTerminal()
-    bars = search_bars(states, 10, True, stream=terminal)
+    bars = search_bars(states, 2, True, stream=terminal)
     assert all(isinstance(b, tqdm) for b in bars.values()) and len({id(b) for b in bars.values()}) == 3
     for bar in bars.values():
         bar.close()
+
+
+def test_search_progress_counts_only_the_work_left():
+    """Finished searches (a grown experiment's) and fixed methods are not counted; a resumed
+    search starts at the networks of its finished rounds."""
+    from harness.search import SearchState, pruning_network_count, pruning_networks_per_round, search_bars
+
+    per_round = pruning_networks_per_round()
+    assert per_round[:2] == (127, 109) and per_round[-4:] == (4, 5, 4, 5) and sum(per_round) == pruning_network_count()
+    done, resumed, fresh = (SearchState(f"s{i}", "metantk", i, 3) for i in range(3))
+    done.stage, resumed.round = "done", 2
+    log = io.StringIO()
+    bars = search_bars([done, resumed, fresh, SearchState("r", "random", 0, 3)], 1, True, stream=log)
+    assert set(bars) == {"s1", "s2"}
+    bar = bars["s1"]
+    assert (bar.n, bar.total) == (127 + 109, 2 * pruning_network_count())
+    bar.update(1)
+    bar.close()
+    assert log.getvalue().startswith(f"2 searches: {127 + 109 + 1}/{2 * pruning_network_count()} cand")
 
 
 def test_episode_evaluation_in_a_log_has_no_carriage_returns(capsys):
