@@ -198,14 +198,19 @@ class Scorer:
         from kernels.proxies import ProxyBatch, compute_proxy, get_proxy
 
         batch = ProxyBatch(self.x, self.labels, self.tasks, self.spec.kernel.ways, self.region_x)
+        # network kind (`kernels.proxies.NETWORKS`) -> (network, batch): `cn_ntk` runs on the
+        # TE-NAS network and batch of the search's own `cn_ntk`, so both are one number.
+        on = {"kernel": (self.net, batch), "regions": (self.thin, batch),
+              "ntk": (self.ntk_net, ProxyBatch(self.ntk_x, self.labels, self.tasks, self.spec.kernel.ways,
+                                               self.region_x))}
         settings = proxy_settings(self.spec)
         values, seconds = {}, {}
         for measure in names:
             name = measure[len(PROXY_MEASURE_PREFIX):]
-            net = self.thin if get_proxy(name).network == "regions" else self.net
+            net, proxy_batch = on[get_proxy(name).network]
             start = time.perf_counter()
             # A fresh generator per proxy and key: the same draws for the origin and every candidate.
-            values[measure] = compute_proxy(name, net, batch, settings, generator(*key, "proxy", name))
+            values[measure] = compute_proxy(name, net, proxy_batch, settings, generator(*key, "proxy", name))
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             seconds[measure] = time.perf_counter() - start

@@ -114,6 +114,14 @@ def proxy_key(experiment_seed: int, repeat: int) -> tuple:
     return (experiment_seed, KEY_TAG, repeat)
 
 
+# Registry proxies whose definition changed after checkpoints were written, with a tag of the
+# change: a checkpoint that measured one under its old definition no longer matches its digest
+# and is rescored. `proxy:cn_ntk` ran on the MetaNTK's task batch and `ways` head until it ran
+# on TE-NAS's plain batch and base-class head (`kernels.proxies.NETWORKS`, "ntk"), so that it
+# equals the `cn_ntk` column.
+REDEFINED_MEASURES: dict[str, str] = {f"{PROXY_MEASURE_PREFIX}cn_ntk": "ntk-network"}
+
+
 def spec_digest(spec: ScoreSpec, extra_measures: tuple[str, ...] = ()) -> str:
     """Digest of what fixes a kernel's per-repeat scores of a genotype (spec, key scheme and
     the registry proxies measured). Without proxies it is the digest of the spec before
@@ -125,7 +133,7 @@ def spec_digest(spec: ScoreSpec, extra_measures: tuple[str, ...] = ()) -> str:
         fields = fields[:-1]
     parts: tuple = (INIT_FORMAT, KEY_TAG, fields)
     if extra_measures:
-        parts += (tuple(extra_measures),)
+        parts += (tuple(f"{m}@{REDEFINED_MEASURES[m]}" if m in REDEFINED_MEASURES else m for m in extra_measures),)
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 

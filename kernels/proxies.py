@@ -42,7 +42,8 @@ Choices the few-shot setting forces (the papers assume a labelled i.i.d. batch):
 
 The condition numbers and linear regions wrap ``kernels.ntk``, ``kernels.meta``,
 ``kernels.spectral`` and ``kernels.regions``; ``regions`` runs on the thin region supernet
-and ``ProxyBatch.region_x`` (`Proxy.network` says which network a proxy needs).
+and ``ProxyBatch.region_x``; ``cn_ntk`` on TE-NAS's network and batch where the caller has
+them (`Proxy.network` and ``NETWORKS`` say which network a proxy needs).
 """
 from __future__ import annotations
 
@@ -64,7 +65,12 @@ __all__ = ["Proxy", "ProxyBatch", "ProxySettings", "PROXIES", "PROXY_NAMES", "ge
 
 # Added to the eigenvalues / correlations inside the logs of jacov and epe_nas (the papers' k).
 JACOBIAN_EPS = 1e-5
-NETWORKS: tuple[str, ...] = ("kernel", "regions")
+# Which network and batch a proxy is computed on (`Proxy.network`): "kernel" the kernel
+# supernet and batch; "ntk" the plain NTK's (TE-NAS) network and batch, i.e. the kernel ones
+# unless the caller has TE-NAS's own (`harness.scoring.Scorer` with `ntk_batch = "plain"`: a
+# base-class head over plain images), so that the proxy `cn_ntk` IS the search's TE-NAS
+# score; "regions" the thin region supernet on `ProxyBatch.region_x`.
+NETWORKS: tuple[str, ...] = ("kernel", "ntk", "regions")
 _NORM_TYPES = (_NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
@@ -126,7 +132,7 @@ ProxyFn = Callable[[nn.Module, ProxyBatch, ProxySettings, torch.Generator], floa
 class Proxy:
     fn: ProxyFn
     higher_is_better: bool
-    network: str          # "kernel": the kernel supernet; "regions": the thin region supernet
+    network: str          # a name of NETWORKS: "kernel", "ntk" (TE-NAS's) or "regions"
     labels: bool          # uses the task labels
     reference: str
 
@@ -445,7 +451,7 @@ _TABLE: dict[str, tuple[ProxyFn, str, bool, str]] = {
     "cn_metantk_anil": (_cn_meta("anil", False), "kernel", False, _CVPR22),
     "cn_metantk_maml_finite": (_cn_meta("maml", True), "kernel", False, _CVPR22),
     "cn_metantk_anil_finite": (_cn_meta("anil", True), "kernel", False, _CVPR22),
-    "cn_ntk": (cn_ntk, "kernel", False, _TENAS),
+    "cn_ntk": (cn_ntk, "ntk", False, _TENAS),
     "regions": (regions, "regions", False, _TENAS),
     "synflow": (synflow, "kernel", False, "Tanaka et al., NeurIPS 2020"),
     "snip": (snip, "kernel", True, "Lee et al., ICLR 2019"),

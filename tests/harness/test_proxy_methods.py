@@ -104,11 +104,14 @@ def test_scorer_proxies_are_the_registry_on_the_kernel_batch_and_weights(scorer)
     masks = np.ones((2, 9, 7), bool)
     masks[0, 3, 2] = False
     key = (3, "sid", 0, 0)
-    names = ("proxy:synflow", "proxy:snip", "proxy:regions", "proxy:cn_metantk_maml", "proxy:zen")
-    sc = scorer.score(masks, key, ("cn_meta", "rn", *names))
+    names = ("proxy:synflow", "proxy:snip", "proxy:regions", "proxy:cn_metantk_maml", "proxy:zen", "proxy:cn_ntk")
+    sc = scorer.score(masks, key, ("cn_meta", "cn_ntk", "rn", *names))
     assert set(sc.proxies) == set(names) and all(sc.proxy_seconds[n] >= 0 for n in names)
-    # the MetaNTK proxy with the search's settings is the search's own CN; regions likewise
+    # the MetaNTK proxy with the search's settings is the search's own CN; regions likewise;
+    # and the NTK proxy is TE-NAS's score: its plain batch under the base-class head
+    assert scorer.spec.kernel.ntk_batch == "plain" and scorer.ntk_net is not scorer.net
     assert sc.proxies["proxy:cn_metantk_maml"] == pytest.approx(sc.cn_meta, rel=1e-9)
+    assert sc.proxies["proxy:cn_ntk"] == pytest.approx(sc.cn_ntk, rel=1e-9)
     assert sc.proxies["proxy:regions"] == sc.rn
     # recomputed by hand from the scorer's batch (labels are the batch's task-local classes)
     assert torch.equal(scorer.labels, torch.arange(3).repeat(4))

@@ -86,6 +86,24 @@ def test_proxy_score_digests_are_those_of_the_flat_spec(zero_cost: list[str], ma
     assert _digests(cfg, proxy_specs(cfg, 3)) == {"maml": maml, "anil": "e5e321a5d73cca3d"}
 
 
+def test_checkpoints_of_the_old_cn_ntk_proxy_are_rescored() -> None:
+    """`proxy:cn_ntk` changed network and batch (TE-NAS's, as the `cn_ntk` column): a maml
+    digest that covers it is no longer the one written before, every other digest stays."""
+    import hashlib
+
+    from harness.study import INIT_FORMAT, KEY_TAG, REDEFINED_MEASURES, proxy_specs, spec_digest
+
+    cfg = parse_config({"experiment": {"name": "x", "seed": 3},
+                        "dataset": {"name": "synthetic", "options": {"train_classes": 6}},
+                        "search": {"cells": [3], "init_channels": 4},
+                        "study": {"proxies": True, "zero_cost": ["synflow", "cn_ntk"]}}, source="t")
+    spec = proxy_specs(cfg, 3)["maml"]
+    measures = ("proxy:synflow", "proxy:cn_ntk")
+    old = (INIT_FORMAT, KEY_TAG, spec.flat_fields(), measures)  # the digest's parts before the change
+    assert spec_digest(spec, measures) != hashlib.sha256(repr(old).encode()).hexdigest()[:16]
+    assert set(REDEFINED_MEASURES) == {"proxy:cn_ntk"}
+
+
 def test_flat_fields_follow_the_flat_order(tmp_path: Path) -> None:
     spec = spec_from_config(_cfg(tmp_path), 3)
     flat = spec.flat_fields()

@@ -255,7 +255,7 @@ def test_every_standard_proxy_is_registered_with_its_direction() -> None:
     assert {p.network for p in P.PROXIES.values()} == set(P.NETWORKS)
 
 
-@pytest.mark.parametrize("name", [n for n in P.PROXY_NAMES if P.get_proxy(n).network == "kernel"])
+@pytest.mark.parametrize("name", [n for n in P.PROXY_NAMES if P.get_proxy(n).network in ("kernel", "ntk")])
 def test_proxies_leave_the_model_untouched_and_are_deterministic(supernet, sbatch, name: str) -> None:
     before = {k: v.clone() for k, v in supernet.state_dict().items()}
     first = _run(name, supernet, sbatch, seed=11)
