@@ -25,14 +25,17 @@ with CUDA events):
   at a time. Each line: ``lever: seconds per search (extrapolated), ratio to the floor, max
   relative CN difference to the reference`` (<= 1e-5 wanted) and to a float64 evaluation of
   the first ``--float64-networks`` networks.
-- ``search``: the whole search with the library's defaults for the device (InlinePool: one
-  process, no Ray), wall seconds, ratio to the floor, the genotype. With ``--tiny`` the same
-  search also runs on the CPU one network per pass (today's reference) and the genotypes
-  and candidate scores are compared.
-- ``scaling``: round 1 of the search with 1, 2, 4 scorers sharing the device (Ray actors
-  with ``gpus_per_worker = 1/k``, or k spawned processes when Ray is missing or
-  ``--engine processes``): seconds, networks/s, searches/hour (extrapolated from round 1),
-  speed-up.
+- ``search``: the whole search (or its first ``--search-rounds``) with the library's
+  defaults for the device (InlinePool: one process, no Ray; ``--search-batch``,
+  ``--search-backend`` to change them), wall seconds, ratio to the floor of the kernels it
+  computed, the genotype. With ``--tiny`` the same search also runs on the CPU one network
+  per pass (today's reference) and the genotypes and candidate scores are compared.
+- ``scaling``: round-1 work (``--scaling-networks`` networks x repeats, MetaNTK CN and
+  regions, in jobs of ``candidates_per_job``) with 1, 2, 4 scorers sharing the device (Ray
+  actors with ``gpus_per_worker = 1/k``, or k spawned processes when Ray is missing or
+  ``--engine processes``; ``--cluster-nodes N``: Ray actors on a multi-node cluster on this
+  machine with declared GPUs): seconds, networks/s, searches/hour (networks/s over the
+  search's kernels), speed-up.
 
 TF32 is off (``torch.backends.cuda.matmul.allow_tf32 = False``, cuDNN likewise; the kernel
 code also scopes it off). No reduced precision anywhere. Each part has its own time limit
@@ -365,12 +368,32 @@ class ProcessPool:
             p.join(timeout=30)
 
 
+def start_cluster(nodes: int) -> Any:
+    """A multi-node Ray cluster on this machine: a head without resources and ``nodes``
+    worker nodes of 1 CPU and 1 declared GPU each (CPU work: torch sees no CUDA there)."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a throwaway cluster needs no token
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "num_gpus": 0,
+                                                            "object_store_memory": 100 * 2 ** 20})
+    for _ in range(nodes):
+        cluster.add_node(num_cpus=1, num_gpus=1, object_store_memory=100 * 2 ** 20)
+    ray.init(address=cluster.address, include_dashboard=False)
+    return cluster
+
+
 def make_pool(engine: str, workers: int, device: torch.device, batch: int) -> Any:
+    """Ray actors with ``gpus_per_worker = 1 / workers`` ("ray": a local Ray unless one is
+    running, e.g. the cluster of ``--cluster-nodes``), or spawned processes."""
     if engine == "ray":
+        import ray
+
         from harness.ray_session import ensure_ray
         from harness.scorers import ScorerPool
 
-        ensure_ray("", 0)
+        if not ray.is_initialized():
+            ensure_ray("", 0)
         return ScorerPool(workers=workers, gpus_per_worker=1.0 / workers, batch=batch)
     return ProcessPool(workers, device, batch)
 
@@ -431,6 +454,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--search-rounds", type=int, default=0, help="stop the whole search after N rounds (0: all)")
     p.add_argument("--engine", choices=("auto", "ray", "processes"), default="auto",
                    help="scaling pool: Ray actors (auto: when Ray is installed) or spawned processes")
+    p.add_argument("--cluster-nodes", type=int, default=0,
+                   help="scaling on a multi-node Ray cluster on this machine: N worker nodes with 1 CPU "
+                        "and 1 declared GPU each (implies --engine ray)")
     p.add_argument("--part-timeout", type=float, default=420.0, help="seconds per part (checked between steps)")
     p.add_argument("--threads", type=int, default=None, help="torch threads of this process (CPU)")
     p.add_argument("--out", type=Path, default=Path("/tmp/metantk-gpu-search"))
@@ -449,6 +475,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     engine = args.engine
+    cluster = None
+    if args.cluster_nodes and "scaling" in parts:
+        engine = "ray"
+        cluster = start_cluster(args.cluster_nodes)
     if engine == "auto":
         try:
             import ray  # noqa: F401
@@ -501,7 +531,8 @@ def main(argv: list[str] | None = None) -> int:
         elif s:
             print(f"  search: {s['seconds']:.1f} s (floor not measured)", flush=True)
     if "scaling" in parts:
-        print(f"\nscaling engine: {engine}", flush=True)
+        print(f"\nscaling engine: {engine}" + (f", cluster of {args.cluster_nodes} worker nodes (1 CPU, 1 declared "
+                                               "GPU each)" if cluster else ""), flush=True)
         run_part("scaling", lambda d: scaling_part(spec, device, actors, engine, args.scaling_networks,
                                                    cfg.search.candidates_per_job, cfg.search.repeats, kernels, d))
         rows = out.get("scaling") or []
@@ -512,6 +543,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {r['scorers']:>8} {r['gpus_each']:>9.2f} {r['seconds']:>8.1f} "
                       f"{r['networks_per_second']:>11.2f} {r['searches_per_hour']:>11.1f} "
                       f"{r['networks_per_second'] / base:>8.2f}x")
+    if cluster is not None:
+        import ray
+
+        ray.shutdown()
+        cluster.shutdown()
     if args.json is not None:
         args.json.write_text(json.dumps(out, indent=2, default=str))
     print("\ndone", flush=True)
