@@ -17,7 +17,7 @@ with CUDA events):
 - ``floor``: one forward + backward (weight gradients) of the 30-image kernel batch through
   the kernel supernet, the median of ``--floor-repeats``, times the kernels of one search
   (1521 at paper size: 507 networks x 3 repeats) = the search's compute floor; also the
-  same per network when ``max(--batches)`` candidates share one pass.
+  same per network when 16 candidates (today's GPU batch) share one pass.
 - ``levers``: the MetaNTK condition numbers of ``--lever-networks`` networks of round 1 (the
   origin and single-op removals, one key), per lever: the default backend one network per
   pass (today's CPU path: the reference of the scores), candidates per batched pass
@@ -40,7 +40,8 @@ with CUDA events):
 TF32 is off (``torch.backends.cuda.matmul.allow_tf32 = False``, cuDNN likewise; the kernel
 code also scopes it off). No reduced precision anywhere. Each part has its own time limit
 (``--part-timeout``, checked between steps) so one slow part cannot eat the session: a part
-that runs out prints ``<part>: stopped after N s`` and the next part runs.
+that runs out prints ``<part>: stopped after N s`` and the next part runs; a part that fails
+prints its traceback, the next part runs, and the exit status is 1.
 """
 from __future__ import annotations
 
@@ -54,6 +55,7 @@ import platform
 import shutil
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,6 +234,9 @@ def floor_part(spec: ScoreSpec, device: torch.device, repeats: int, batch: int, 
     net.sample_masks = torch.ones(batch, 2, 9, 7, dtype=torch.bool, device=device)
     try:
         batched = float(np.median(event_seconds(one_pass(x.repeat(batch, 1, 1, 1)), device, repeats))) / batch
+    except torch.cuda.OutOfMemoryError:  # reported as NaN; the single-batch floor stands
+        batched = math.nan
+        torch.cuda.empty_cache()
     finally:
         net.sample_masks = None
     return {"images": int(x.shape[0]), "kernel_seconds": per_kernel, "search_kernels": kernels,
@@ -498,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {"torch": torch.__version__, "device": str(device), "card": card, "scale": scale,
                            "load_average": load, "search_kernels": kernels}
     floor_s = math.nan
+    failed: list[str] = []
 
     def run_part(name: str, fn: Callable[[float], Any]) -> None:
         start = time.monotonic()
@@ -506,9 +512,15 @@ def main(argv: list[str] | None = None) -> int:
             out[name] = fn(start + args.part_timeout)
         except PartTimeout as exc:
             print(f"{name}: stopped after {time.monotonic() - start:.0f} s ({exc})", flush=True)
+        except Exception:  # noqa: BLE001 - GPU time is scarce: report, run the next part, exit 1
+            traceback.print_exc()
+            print(f"{name}: FAILED (traceback above); the next part runs", flush=True)
+            failed.append(name)
 
     if "floor" in parts:
-        run_part("floor", lambda d: floor_part(spec, device, args.floor_repeats, max(batches), kernels))
+        # the batched floor at today's GPU batch (64 candidates = 1920 images may not fit)
+        floor_batch = min(GPU_CANDIDATE_BATCH, max(batches + [1]))
+        run_part("floor", lambda d: floor_part(spec, device, args.floor_repeats, floor_batch, kernels))
         f = out.get("floor")
         if f:
             floor_s = f["search_floor_seconds"]
@@ -550,8 +562,8 @@ def main(argv: list[str] | None = None) -> int:
         cluster.shutdown()
     if args.json is not None:
         args.json.write_text(json.dumps(out, indent=2, default=str))
-    print("\ndone", flush=True)
-    return 0
+    print("\ndone" + (f"; FAILED parts: {', '.join(failed)}" if failed else ""), flush=True)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

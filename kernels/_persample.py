@@ -19,6 +19,10 @@ parameter's per-sample gradient is a per-layer contraction of ``a`` and ``dy``:
 
 Memory: one batched forward/backward of the N samples plus, at a time, the per-sample
 gradients of one parameter (``output="sum"``); ``output="full"`` keeps ``k`` of them.
+
+``gram="ghost"`` / ``"auto"`` (the ``"ghost"`` backend): a Linear / Conv2d weight's Gram
+contribution straight from ``a`` and ``dy`` (``kernels._ghost``), always or where cheaper.
+``blocks=k``: the batch is k stacked candidates; only the k diagonal Gram blocks are formed.
 """
 from __future__ import annotations
 
