@@ -193,3 +193,43 @@ def test_bad_gram_mode_raises():
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
     with pytest.raises(ValueError, match="gram must be one of"):
         per_sample_gram_hooks(model, torch.randn(4, 4), list(model.parameters()), "sum", gram="fast")
+
+
+# --- the same ranking on a tiny search round --------------------------------------------
+
+@pytest.mark.slow
+def test_ghost_backend_gives_the_same_round_ranking_as_hooks():
+    """Round 1 of a tiny search (origin + single-op removals of one edge per cell type, one
+    key): the "ghost" backend's MetaNTK condition numbers equal "hooks"' to 1e-8 and rank the
+    candidates' CN deltas identically (dense ranks, as the search)."""
+    import numpy as np
+
+    from harness.config import parse_config
+    from harness.ranking import dense_rank, relative_delta
+    from harness.scoring import Scorer
+    from harness.specs import spec_from_config
+
+    cfg = parse_config({
+        "experiment": {"name": "ghost-rank", "seed": 0},
+        "dataset": {"name": "synthetic", "options": {"train_classes": 6, "val_classes": 2, "test_classes": 2,
+                                                     "images_per_class": 6}},
+        "search": {"methods": ["metantk"], "cells": [3], "init_channels": 4, "kernel_image_size": 8, "tasks": 1,
+                   "ways": 3, "repeats": 1, "region_inputs": 20, "region_batches": 1},
+    }, source="test")
+    spec = spec_from_config(cfg, 3)
+    full = np.ones((2, 9, 7), bool)
+    masks = [full]
+    for t, e in ((0, 2), (1, 5)):
+        for o in range(7):
+            m = full.copy()
+            m[t, e, o] = False
+            masks.append(m)
+    key = (0, "ghost-rank", 1, 0)
+    cns = {}
+    for backend in ("hooks", "ghost"):
+        scorer = Scorer(spec.with_kernel(kernel_backend=backend))
+        cns[backend] = [scorer.score(m, key, ("cn_meta",)).cn_meta for m in masks]
+    assert np.allclose(cns["ghost"], cns["hooks"], rtol=1e-8, atol=0)
+    ranks = {b: dense_rank([relative_delta(v[0], x) for x in v[1:]], descending=True) for b, v in cns.items()}
+    assert ranks["ghost"] == ranks["hooks"]
+    assert len(set(ranks["hooks"])) > 3  # the candidates really differ
