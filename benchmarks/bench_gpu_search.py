@@ -102,6 +102,7 @@ class Lever:
     backend: str = "hooks"
     batch: int = 1
     channels_last: bool = False
+    full_gram: bool = False  # the batched pass as before issue 15: the whole (k n)^2 Gram
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -248,9 +249,40 @@ def lever_list(batches: list[int], device: torch.device) -> list[Lever]:
     best = default_batch(device)
     levers = [Lever("hooks, 1 network per pass (reference)")]
     levers += [Lever(f"hooks, {b} candidates per pass", batch=b) for b in batches if b > 1]
+    stacked = best if best > 1 else max(batches + [1])
+    if stacked > 1:
+        levers.append(Lever(f"hooks, {stacked} per pass, full Gram (before issue 15)", batch=stacked,
+                            full_gram=True))
     levers += [Lever(f"ghost Gram, {best} per pass", backend="ghost", batch=best),
                Lever(f"channels_last, {best} per pass", batch=best, channels_last=True)]
     return levers
+
+
+def cn_full_gram(scorer: Scorer, masks: list[np.ndarray], batch: int) -> list[float]:
+    """MetaNTK CNs with ``batch`` candidates per pass computed as before issue 15: the whole
+    (k n) x (k n) Gram of the stacked batch, of which only the k diagonal blocks are used."""
+    from kernels import condition_number, empirical_ntk, meta_ntk
+
+    s, n, out = scorer.spec.kernel, scorer.x.shape[0], []
+    for i in range(0, len(masks), batch):
+        chunk = masks[i:i + batch]
+        scorer.net.sample_masks = torch.from_numpy(np.stack(chunk)).to(scorer.device)
+        try:
+            theta = empirical_ntk(scorer.net, scorer.x.repeat(len(chunk), 1, 1, 1), output=s.kernel_output,
+                                  params=s.kernel_params, backend=s.kernel_backend)
+        finally:
+            scorer.net.sample_masks = None
+        out += [condition_number(meta_ntk(theta[b * n:(b + 1) * n, b * n:(b + 1) * n], scorer.tasks,
+                                          inner_time=s.inner_time, reg=s.reg)) for b in range(len(chunk))]
+    return out
+
+
+def lever_cns(scorer: Scorer, lever: Lever, masks: list[np.ndarray], key: tuple) -> list[float]:
+    """The lever's MetaNTK condition numbers of ``masks`` under ``key``."""
+    if lever.full_gram:
+        scorer.score(masks[0], key, ("cn_meta",))  # draws the key's weights and batch
+        return cn_full_gram(scorer, masks, lever.batch)
+    return [sc.cn_meta for sc in scorer.score_many(masks, key, ("cn_meta",), batch=lever.batch)]
 
 
 def levers_part(spec: ScoreSpec, device: torch.device, levers: list[Lever], n: int, f64: int,
@@ -269,15 +301,14 @@ def levers_part(spec: ScoreSpec, device: torch.device, levers: list[Lever], n: i
         row: dict[str, Any] = {"lever": lever.name, "backend": lever.backend, "batch": lever.batch,
                                "channels_last": lever.channels_last}
         try:
-            scorer.score_many(masks[:max(2, lever.batch)], key, ("cn_meta",), batch=lever.batch)  # warm-up
-            seconds, scores = timed(lambda: scorer.score_many(masks, key, ("cn_meta",), batch=lever.batch), device)
+            lever_cns(scorer, lever, masks[:max(2, lever.batch)], key)  # warm-up
+            seconds, cns = timed(lambda: lever_cns(scorer, lever, masks, key), device)
         except torch.cuda.OutOfMemoryError as exc:  # reported as this lever's result, next lever runs
             row["error"] = f"out of memory ({str(exc).splitlines()[0][:80]})"
             rows.append(row)
             print(f"  {lever.name}: {row['error']}", flush=True)
             torch.cuda.empty_cache()
             continue
-        cns = [s.cn_meta for s in scores]
         if reference is None:
             reference = cns
             exact = [cn_float64(scorer, m) for m in masks[:f64]]

@@ -25,7 +25,7 @@ def test_bench_gpu_search_runs_on_cpu_and_prints_every_line(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = proc.stdout
     for line in ["TF32 matmul False", "compute floor:", "hooks, 1 network per pass (reference):",
-                 "hooks, 4 candidates per pass:", "ghost Gram, 1 per pass:", "channels_last, 1 per pass:",
+                 "hooks, 4 candidates per pass:", "hooks, 4 per pass, full Gram (before issue 15):", "ghost Gram, 1 per pass:", "channels_last, 1 per pass:",
                  "regions, 1 network at a time:", "whole search:", "genotype:", "reference (cpu, 1 network per pass)",
                  "x its floor", "scaling engine: processes", "1 scorer(s):", "2 scorer(s):", "searches/h", "done"]:
         assert line in text, f"missing {line!r} in:\n{text}"
@@ -39,6 +39,7 @@ def test_bench_gpu_search_runs_on_cpu_and_prints_every_line(tmp_path):
     assert levers["ghost Gram, 1 per pass"]["max_rel_diff_reference"] <= 1e-6
     # batching changes only float32 rounding (op weights 1/k): a tiny relative difference
     assert levers["hooks, 4 candidates per pass"]["max_rel_diff_reference"] <= 1e-3
+    assert levers["hooks, 4 per pass, full Gram (before issue 15)"]["max_rel_diff_reference"] <= 1e-3
     for row in out["levers"]:
         assert row["search_seconds"] > 0 and row["ratio_to_floor"] > 0
     search = out["search"]
