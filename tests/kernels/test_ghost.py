@@ -233,3 +233,13 @@ def test_ghost_backend_gives_the_same_round_ranking_as_hooks():
     ranks = {b: dense_rank([relative_delta(v[0], x) for x in v[1:]], descending=True) for b, v in cns.items()}
     assert ranks["ghost"] == ranks["hooks"]
     assert len(set(ranks["hooks"])) > 3  # the candidates really differ
+
+
+def test_config_accepts_the_ghost_backend():
+    from harness.config import parse_config
+    from harness.errors import ConfigError
+
+    cfg = parse_config({"experiment": {"name": "g"}, "search": {"kernel_backend": "ghost"}}, source="test")
+    assert cfg.search.kernel_backend == "ghost"
+    with pytest.raises(ConfigError, match="ghost"):
+        parse_config({"experiment": {"name": "g"}, "search": {"kernel_backend": "fast"}}, source="test")
