@@ -547,6 +547,8 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
             print(f"{name}: FAILED (traceback above); the next part runs", flush=True)
             failed.append(name)
+        if args.json is not None:  # after every part: a later kill keeps what was measured
+            args.json.write_text(json.dumps(out, indent=2, default=str))
 
     if "floor" in parts:
         # the batched floor at today's GPU batch (64 candidates = 1920 images may not fit)
