@@ -1,7 +1,7 @@
 """Kernel benchmark: seconds per MetaNTK condition number per NTK backend, and region counting.
 
     .venv/bin/python benchmarks/bench_kernels.py [--device cpu|cuda|cuda:1] [--repeats 3]
-        [--quick] [--threads N] [--backends hooks,func,opacus,loop] [--json out.json]
+        [--quick] [--threads N] [--backends hooks,ghost,func,opacus,loop] [--json out.json]
 
 Part 1, the paper's kernel setting (REFERENCE.md "Kernel batch"): supernet C=48,
 5 cells, GroupNorm, all ops active, 3 tasks x (5 query + 5 support) = 30 random 32x32 images,
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -148,8 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"torch {torch.__version__}, device {device} ({card}), threads {torch.get_num_threads()}, "
-          f"default backend {DEFAULT_BACKEND}, repeats {args.repeats}{', quick' if args.quick else ''}")
+          f"default backend {DEFAULT_BACKEND}, repeats {args.repeats}{', quick' if args.quick else ''}, "
+          f"load average {load:.2f}")
 
     print("MetaNTK condition number (MAML, t=inf, c=1e-3), 3 tasks x (5+5) images:", flush=True)
     kern = kernel_part(device, args.repeats, args.quick, backends)
@@ -162,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['backend']:10s} {r['seconds']:9.3f} {r['ratio_to_floor']:8.2f} "
               f"{r['rel_diff_to_' + ref]:18.2e}  {r['cn']:.6g}")
     out = {"torch": torch.__version__, "device": str(device), "card": card,
-           "threads": torch.get_num_threads(), "kernel": kern}
+           "threads": torch.get_num_threads(), "load_average": load, "kernel": kern}
     if not args.skip_regions:
         reg = region_part(device, args.repeats, args.quick)
         out["regions"] = reg

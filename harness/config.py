@@ -70,7 +70,7 @@ class SearchSection:
     repeats: int = 3
     kernel_output: str = "sum"       # sum | full
     kernel_params: str = "weights"   # weights | all
-    kernel_backend: str = "hooks"     # kernels.ntk.NTK_BACKENDS: hooks (fastest exact), func, opacus, loop
+    kernel_backend: str = "hooks"     # kernels.ntk.NTK_BACKENDS: hooks (fastest exact), ghost, func, opacus, loop
     norm: str = "group"              # group | batch(eval-mode only)
     kernel_normalization: str = "cifar"  # cifar (the reference's, any dataset) | dataset
     ntk_batch: str = "plain"         # tenas NTK: plain (reference: 30 images, base-class head) | tasks
@@ -185,7 +185,7 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("search", "kernel_output"): ("sum", "full"),
     ("search", "kernel_params"): ("weights", "all"),
     ("search", "norm"): ("group", "batch"),
-    ("search", "kernel_backend"): ("hooks", "func", "opacus", "loop"),
+    ("search", "kernel_backend"): ("hooks", "ghost", "func", "opacus", "loop"),
     ("search", "ranking"): tuple(RANKING_MODES),
     ("search", "kernel_normalization"): ("cifar", "dataset"),
     ("search", "ntk_batch"): ("plain", "tasks"),

@@ -250,8 +250,9 @@ class Scorer:
         self.net.sample_masks = torch.from_numpy(np.stack(masks)).to(self.device)
         try:
             x = x.repeat(k, 1, 1, 1)
+            # Only the k diagonal (n, n) blocks: the cross-candidate blocks are never used.
             theta = empirical_ntk(net, x, output=s.kernel_output, params=s.kernel_params,
-                                  backend=s.kernel_backend)
+                                  backend=s.kernel_backend, blocks=k).reshape(k, n, n)
             feats = None
             if meta and s.algorithm == "anil":
                 with torch.no_grad():
@@ -260,7 +261,7 @@ class Scorer:
             self.net.sample_masks = None
         out = []
         for b in range(k):
-            block = theta[b * n:(b + 1) * n, b * n:(b + 1) * n]
+            block = theta[b]
             if not meta:
                 out.append(condition_number(block))
                 continue

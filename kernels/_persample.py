@@ -19,6 +19,10 @@ parameter's per-sample gradient is a per-layer contraction of ``a`` and ``dy``:
 
 Memory: one batched forward/backward of the N samples plus, at a time, the per-sample
 gradients of one parameter (``output="sum"``); ``output="full"`` keeps ``k`` of them.
+
+``gram="ghost"`` / ``"auto"`` (the ``"ghost"`` backend): a Linear / Conv2d weight's Gram
+contribution straight from ``a`` and ``dy`` (``kernels._ghost``), always or where cheaper.
+``blocks=k``: the batch is k stacked candidates; only the k diagonal Gram blocks are formed.
 """
 from __future__ import annotations
 
@@ -30,9 +34,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from kernels._gram import accumulate_gram
+from kernels._ghost import ghost_columns, ghost_gram, ghost_is_cheaper, layer_shape
+from kernels._gram import accumulate_gram, accumulate_gram_blocks
 
-__all__ = ["per_sample_gram_hooks", "SUPPORTED_MODULES"]
+__all__ = ["per_sample_gram_hooks", "SUPPORTED_MODULES", "GRAM_MODES", "conv2d_padded"]
 
 SUPPORTED_MODULES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d, nn.GroupNorm, _BatchNorm)
 
@@ -46,7 +51,7 @@ class _Record:
     y_version: int
 
 
-def _conv2d_padded(m: nn.Conv2d, a: Tensor) -> tuple[Tensor, tuple[int, int]]:
+def conv2d_padded(m: nn.Conv2d, a: Tensor) -> tuple[Tensor, tuple[int, int]]:
     """The conv's input with any non-zero-mode or "same" padding applied, and the
     symmetric zero padding still to apply, so the conv is ``conv2d(a, w, padding=...)``."""
     if m.padding_mode != "zeros":
@@ -81,7 +86,7 @@ def _grad_conv2d(m: nn.Conv2d, name: str, a: Tensor, dy: Tensor) -> Tensor:
     N = a.shape[0]
     if name == "bias":
         return dy.sum(dim=(2, 3))
-    a, padding = _conv2d_padded(m, a)
+    a, padding = conv2d_padded(m, a)
     G = m.groups
     L = dy.shape[2] * dy.shape[3]
     if G == 1 and L <= _SMALL_OUTPUT:
@@ -155,13 +160,38 @@ def _owners(model: nn.Module, params: list[nn.Parameter]) -> dict[int, list[tupl
     return owners
 
 
+GRAM_MODES: tuple[str, ...] = ("materialize", "ghost", "auto")
+
+
+def _ghost_choice(m: nn.Module, name: str, recs: list[_Record], mode: str, blocks: int) -> bool:
+    """Whether this (module, parameter) takes the ghost route (``kernels._ghost``): only
+    Linear / Conv2d weights; "ghost" forces it there, "auto" asks the cost rule."""
+    if mode == "materialize" or name != "weight" or not isinstance(m, (nn.Linear, nn.Conv2d)) or not recs:
+        return False
+    if mode == "ghost":
+        return True
+    return ghost_is_cheaper(layer_shape(m, [r.a.shape for r in recs], [r.y.shape for r in recs], blocks))
+
+
 def per_sample_gram_hooks(model: nn.Module, x: Tensor, params: list[nn.Parameter],
-                          output: str) -> Tensor:
+                          output: str, *, blocks: int = 1, gram: str = "materialize") -> Tensor:
     """Gram of per-sample gradients from one batched forward/backward (see module docstring).
 
     x: (N, ...) batch; params: selected parameters; output "sum" or "full".
-    Returns float64 (N, N) or (N*k, N*k) (sample-major rows).
+    blocks: x is ``blocks`` equal groups of samples (batched candidates) and only the
+    diagonal blocks are computed ("sum" only). gram: "materialize" (per-sample gradients,
+    then their Gram), "ghost" (every Linear / Conv2d weight through ``kernels._ghost``) or
+    "auto" (per layer, whichever ``ghost_is_cheaper`` says; "full" always materialises).
+    Returns float64 (N, N) or (N*k, N*k) (sample-major rows) when blocks == 1, else
+    (blocks, N / blocks, N / blocks).
     """
+    if gram not in GRAM_MODES:
+        raise ValueError(f"gram must be one of {GRAM_MODES}, got {gram!r}")
+    N = x.shape[0]
+    if blocks < 1 or N % blocks:
+        raise ValueError(f"blocks must be >= 1 and divide the batch of {N} samples, got {blocks}")
+    if blocks > 1 and output != "sum":
+        raise ValueError("diagonal Gram blocks (blocks > 1) need output='sum'")
     owners = _owners(model, params)
     modules = {id(m): m for o in owners.values() for m, _ in o}
     records: dict[int, list[_Record]] = {key: [] for key in modules}
@@ -177,7 +207,6 @@ def per_sample_gram_hooks(model: nn.Module, x: Tensor, params: list[nn.Parameter
     finally:
         for h in handles:
             h.remove()
-    N = x.shape[0]
     if logits.dim() != 2 or logits.shape[0] != N:
         raise ValueError(f"model(x) must return (N, k) logits, got shape {tuple(logits.shape)}")
     # Outputs computed without grad (e.g. a frozen branch under no_grad) carry no gradient
@@ -199,7 +228,9 @@ def per_sample_gram_hooks(model: nn.Module, x: Tensor, params: list[nn.Parameter
     k = logits.shape[1]
     targets = [logits.sum()] if output == "sum" else [logits[:, c].sum() for c in range(k)]
     R = N * len(targets) if output == "full" else N
-    K = torch.zeros(R, R, dtype=torch.float64, device=x.device)
+    n = N // blocks
+    K = (torch.zeros(R, R, dtype=torch.float64, device=x.device) if blocks == 1
+         else torch.zeros(blocks, n, n, dtype=torch.float64, device=x.device))
     if not outs:  # no selected parameter influences the logits: the kernel is zero
         return K
     # per-pass per-sample gradients, per parameter: list over passes of (N, P)
@@ -213,8 +244,18 @@ def per_sample_gram_hooks(model: nn.Module, x: Tensor, params: list[nn.Parameter
             dys[key] = list(grads[at:at + len(recs)])
             at += len(recs)
         for p in params:
+            pairs = owners[id(p)]
+            if output == "sum" and len(pairs) == 1:
+                m, name = pairs[0]
+                used = [(r, dy) for r, dy in zip(records[id(m)], dys[id(m)]) if dy is not None]
+                if _ghost_choice(m, name, [r for r, _ in used], gram, blocks):
+                    cols = [ghost_columns(m, r.a.detach(), dy.detach()) for r, dy in used]
+                    block = ghost_gram(torch.cat([c[0] for c in cols], dim=2),
+                                       torch.cat([c[1] for c in cols], dim=2), blocks)
+                    K += block[0] if blocks == 1 else block
+                    continue
             total: Tensor | None = None
-            for m, name in owners[id(p)]:
+            for m, name in pairs:
                 fn = _grad_fn(m)
                 assert fn is not None  # checked in _owners
                 for r, dy in zip(records[id(m)], dys[id(m)]):
@@ -222,10 +263,15 @@ def per_sample_gram_hooks(model: nn.Module, x: Tensor, params: list[nn.Parameter
                         continue
                     g = fn(m, name, r.a.detach(), dy.detach())
                     total = g if total is None else total + g
-            if total is None:
-                total = torch.zeros(N, p.numel(), dtype=p.dtype, device=x.device)
+            if total is None:  # no use of this parameter reached this output: zero rows
+                if output == "full":
+                    pending[id(p)].append(torch.zeros(N, p.numel(), dtype=p.dtype, device=x.device))
+                continue
             if output == "sum":
-                accumulate_gram(K, total)
+                if blocks == 1:
+                    accumulate_gram(K, total)
+                else:
+                    accumulate_gram_blocks(K, total)
             else:
                 pending[id(p)].append(total)
         del grads, dys

@@ -32,6 +32,11 @@ Backends (``NTK_BACKENDS``), all exact and tested against ``"loop"``:
 - ``"hooks"`` (default, fastest measured, see benchmarks/README.md): one batched forward and
   one backward to the layer outputs, per-layer contractions (``kernels._persample``).
   Supports Linear, Conv2d, GroupNorm and eval-mode BatchNorm parameters.
+- ``"ghost"``: ``"hooks"`` where each Linear / Conv2d weight's Gram contribution is computed
+  from its inputs and output gradients without per-sample gradients
+  (``kernels._ghost``) wherever the cost rule ``ghost_is_cheaper`` says that is fewer
+  multiply-adds (in the paper's supernet: the linear head only; convolutions have too many
+  positions); float64-accurate. ``output="full"`` materialises as ``"hooks"``.
 - ``"func"``: ``torch.func`` ``vmap(grad)`` (``vmap(jacrev)`` for ``"full"``), chunked over
   samples (``chunk_size``) to bound memory. Any module ``torch.func`` can trace.
 - ``"opacus"``: Opacus ``GradSampleModule`` per-sample gradients (the reference's method).
@@ -62,8 +67,10 @@ OUTPUTS: tuple[str, ...] = ("sum", "full")
 PARAMS: tuple[str, ...] = ("weights", "all")
 DEFAULT_BACKEND = "hooks"
 
-# backend(model, x, params, output, chunk_size) -> float64 Gram
-NtkBackend = Callable[[nn.Module, Tensor, list[nn.Parameter], str, int], Tensor]
+# backend(model, x, params, output, chunk_size, blocks) -> float64 Gram: (R, R), or the
+# diagonal blocks (blocks, R / blocks, R / blocks) where the backend computes only those
+# (empirical_ntk cuts the blocks out of a full Gram otherwise).
+NtkBackend = Callable[[nn.Module, Tensor, list[nn.Parameter], str, int, int], Tensor]
 
 
 def select_parameters(model: nn.Module, params: str = "weights") -> list[nn.Parameter]:
@@ -119,7 +126,7 @@ def _gram_of_rows(rows: list[Tensor]) -> Tensor:
 
 
 def _backend_loop(model: nn.Module, x: Tensor, params: list[nn.Parameter], output: str,
-                  chunk_size: int) -> Tensor:
+                  chunk_size: int, blocks: int = 1) -> Tensor:
     """Oracle: per sample, forward ``x[n:n+1]`` and one backward per output."""
     per_param: list[list[Tensor]] = [[] for _ in params]
     with torch.enable_grad():
@@ -136,7 +143,7 @@ def _backend_loop(model: nn.Module, x: Tensor, params: list[nn.Parameter], outpu
 
 
 def _backend_func(model: nn.Module, x: Tensor, params: list[nn.Parameter], output: str,
-                  chunk_size: int) -> Tensor:
+                  chunk_size: int, blocks: int = 1) -> Tensor:
     """``torch.func``: vmap(grad) / vmap(jacrev) over samples, ``chunk_size`` at a time."""
     from torch.func import functional_call, grad, jacrev, vmap
 
@@ -238,7 +245,7 @@ def _opacus_rows(model: nn.Module, x: Tensor, params: list[nn.Parameter],
 
 
 def _backend_opacus(model: nn.Module, x: Tensor, params: list[nn.Parameter], output: str,
-                    chunk_size: int) -> Tensor:
+                    chunk_size: int, blocks: int = 1) -> Tensor:
     """Opacus ``GradSampleModule`` per-sample gradients, as the reference computed them."""
     flip, freeze = _opacus_prepare(model, params)
     try:
@@ -261,12 +268,18 @@ def _backend_opacus(model: nn.Module, x: Tensor, params: list[nn.Parameter], out
 
 
 def _backend_hooks(model: nn.Module, x: Tensor, params: list[nn.Parameter], output: str,
-                   chunk_size: int) -> Tensor:
-    return per_sample_gram_hooks(model, x, params, output)
+                   chunk_size: int, blocks: int = 1) -> Tensor:
+    return per_sample_gram_hooks(model, x, params, output, blocks=blocks)
+
+
+def _backend_ghost(model: nn.Module, x: Tensor, params: list[nn.Parameter], output: str,
+                   chunk_size: int, blocks: int = 1) -> Tensor:
+    return per_sample_gram_hooks(model, x, params, output, blocks=blocks, gram="auto")
 
 
 NTK_BACKENDS: dict[str, NtkBackend] = {
     "hooks": _backend_hooks,
+    "ghost": _backend_ghost,
     "func": _backend_func,
     "opacus": _backend_opacus,
     "loop": _backend_loop,
@@ -296,15 +309,18 @@ def _check_device(model: nn.Module, x: Tensor) -> None:
 
 
 def empirical_ntk(model: nn.Module, x: Tensor, *, output: str = "sum", params: str = "weights",
-                  backend: str = DEFAULT_BACKEND, chunk_size: int = 32) -> Tensor:
+                  backend: str = DEFAULT_BACKEND, chunk_size: int = 32, blocks: int = 1) -> Tensor:
     """Empirical NTK of ``model`` on the batch ``x`` (see module docstring).
 
     model: ``model(x) -> (N, k)`` logits, sample-independent (no train-mode BatchNorm).
     x: (N, ...) inputs on the model's device. output: "sum" | "full". params: "weights" |
     "all". backend: a name in ``NTK_BACKENDS``. chunk_size: samples per vmap call
-    ("func" only).
-    Returns float64 (N, N) for "sum", (N*k, N*k) sample-major for "full", on x's device.
-    Raises ValueError (bad mode, shapes, devices, train-mode BN), KeyError (backend).
+    ("func" only). blocks: x is ``blocks`` equal, independent groups of samples (batched
+    candidates) and only the diagonal blocks of the kernel are wanted ("sum" only; "hooks"
+    and "ghost" compute only those, the other backends compute all and cut them out).
+    Returns float64 (N, N) for "sum", (N*k, N*k) sample-major for "full", on x's device;
+    (blocks, N / blocks, N / blocks) when blocks > 1.
+    Raises ValueError (bad mode, shapes, devices, train-mode BN, blocks), KeyError (backend).
     """
     fn = get_backend(backend)
     if output not in OUTPUTS:
@@ -313,12 +329,19 @@ def empirical_ntk(model: nn.Module, x: Tensor, *, output: str = "sum", params: s
         raise ValueError("x must be a non-empty (N, ...) tensor of inputs")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1 or x.shape[0] % blocks:
+        raise ValueError(f"blocks must be an int >= 1 dividing the {x.shape[0]} samples, got {blocks!r}")
+    if blocks > 1 and output != "sum":
+        raise ValueError("blocks > 1 (diagonal kernel blocks) needs output='sum'")
     check_sample_independent(model)
     _check_device(model, x)
     selected = select_parameters(model, params)
     with full_fp32():
-        K = fn(model, x, selected, output, chunk_size)
-    return 0.5 * (K + K.T)
+        K = fn(model, x, selected, output, chunk_size, blocks)
+    if blocks > 1 and K.dim() == 2:
+        n = x.shape[0] // blocks
+        K = torch.stack([K[b * n:(b + 1) * n, b * n:(b + 1) * n] for b in range(blocks)])
+    return 0.5 * (K + K.transpose(-1, -2))
 
 
 def head_features(model: nn.Module, x: Tensor) -> Tensor:

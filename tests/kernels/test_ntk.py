@@ -186,7 +186,7 @@ def test_no_side_effects(backend):
 
 def test_default_backend_and_registry():
     assert DEFAULT_BACKEND in NTK_BACKENDS
-    assert set(NTK_BACKENDS) == {"hooks", "func", "opacus", "loop"}
+    assert set(NTK_BACKENDS) == {"hooks", "ghost", "func", "opacus", "loop"}
     with pytest.raises(KeyError, match="valid backends: .*loop"):
         get_backend("nope")
     model, x = _cnn()
