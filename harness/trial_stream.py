@@ -41,6 +41,18 @@ FEED_END = None
 STOP_WAIT_S = 60.0
 
 
+def streamed_trial_name(trial: Any) -> str:
+    """Tune's name of a streamed trial: its label (`config["trial"]`), as the status table of a
+    grid over labels shows it (Tune's default would be an opaque id)."""
+    return str(trial.config["trial"])
+
+
+def streamed_trial_dirname(trial: Any) -> str:
+    """A streamed trial's folder: `run_trial_<label>_<Tune id>` (Tune's default would spell
+    out the whole spec of its config)."""
+    return f"run_trial_{trial.config['trial']}_{trial.trial_id}"
+
+
 class TrialFeedSearcher(Searcher):
     """Tune's search algorithm for streamed trials: the next config from `feed` (a queue of
     {"trial": label, "spec": `TrialSpec.to_dict()`}), `None` while the feed is empty,

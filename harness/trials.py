@@ -15,6 +15,12 @@ another machine. It gets its episode lists as data, reports each epoch, and its 
 checkpoint carries the model file and its rows; the driver writes them
 (`harness.tune_callbacks.TrialRowsCallback`).
 
+Trials stream: `metantk-nas run` hands each searched cell's trials to Tune as soon as its
+search ends (`stream_trials`, with `harness.trial_stream`), into one Tune experiment whose
+search algorithm is fed by the searches; `run_trials` then restores whatever an interrupted
+earlier experiment holds. `run_trials` alone (one grid over the trial labels) serves `train`,
+the proxy study and `run_experiment(stream=False)`.
+
 Only `ray.tune.*` APIs are used inside the trainable (ray 2.60); its work is
 `train_and_evaluate`, which runs without Tune (and is tested so).
 """
@@ -816,8 +822,9 @@ def _move_experiment(source: str, target: str) -> None:
     fs.move(src, dst)
 
 
-def tune_experiment(cfg: ExperimentConfig, trainable: Any, labels: dict[str, dict[str, Any]], storage: str, name: str,
-           verbose: int, grid: list[str] | None = None, searcher: Any = None, num_samples: int = 1) -> Any:
+def tune_experiment(cfg: ExperimentConfig, trainable: Any, labels: dict[str, dict[str, Any]], storage: str,
+                    name: str, verbose: int, grid: list[str] | None = None, searcher: Any = None,
+                    num_samples: int = 1) -> Any:
     """Restore Tune's experiment `storage/name`, or start one over the trial labels `grid`
     (default: all of `labels`, which map every label Tune may report to its spec), or, with
     `searcher` (`harness.trial_stream.TrialFeedSearcher`), over the `num_samples` trials it
@@ -840,10 +847,15 @@ def tune_experiment(cfg: ExperimentConfig, trainable: Any, labels: dict[str, dic
     # The grid runs over short trial labels, so Tune's status table shows one short
     # `trial` column; the specs travel through `tune.with_parameters`.
     space = {} if searcher is not None else {"trial": tune.grid_search(list(labels) if grid is None else list(grid))}
+    names = {}
+    if searcher is not None:  # a streamed trial's config holds its whole spec: name it by its label
+        from harness.trial_stream import streamed_trial_dirname, streamed_trial_name
+
+        names = {"trial_name_creator": streamed_trial_name, "trial_dirname_creator": streamed_trial_dirname}
     return tune.Tuner(
         trainable,
         param_space=space,
-        tune_config=tune.TuneConfig(num_samples=num_samples, search_alg=searcher),
+        tune_config=tune.TuneConfig(num_samples=num_samples, search_alg=searcher, **names),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, verbose=verbose,
             failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures),
