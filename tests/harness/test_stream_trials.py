@@ -264,3 +264,25 @@ def test_a_failed_streamed_trial_is_resumed_from_its_epoch_by_the_next_run(tmp_p
                                                                         for e in (1, 2))
     records = json.loads((cfg.results_dir / "state" / "tune_experiments.json").read_text())["experiments"]
     assert len(records) == 1  # restored, not a second experiment
+
+
+@pytest.mark.parametrize("proxies, stream, expect", [
+    (False, True, ["streamed_stage", "trial_stage"]),
+    (False, False, ["search_stage", "trial_stage"]),
+    (True, True, ["search_stage", "proxy_stage", "trial_stage", "finish_proxy_study"]),  # the study needs every genotype first
+])
+def test_run_streams_its_trials_unless_the_proxy_study_needs_every_genotype_first(tmp_path, monkeypatch, proxies,
+                                                                                  stream, expect):
+    import dataclasses
+
+    from harness import pipeline
+
+    cfg = stream_config(tmp_path)
+    cfg = dataclasses.replace(cfg, study=dataclasses.replace(cfg.study, proxies=proxies))
+    calls = []
+    for stage in ("streamed_stage", "search_stage", "proxy_stage", "trial_stage", "finish_proxy_study"):
+        monkeypatch.setattr(pipeline, stage, lambda *a, _name=stage, **k: calls.append(_name) or [])
+    monkeypatch.setattr(pipeline, "check_cluster_storage", lambda cfg: None)
+    monkeypatch.setattr(pipeline, "report_stage", lambda cfg: None)
+    pipeline.run_experiment(cfg, progress=False, stream=stream)
+    assert calls == expect
