@@ -179,6 +179,9 @@ def test_a_fast_search_trains_while_a_slow_one_runs_and_rows_equal_the_sequentia
     records = json.loads((cfg.results_dir / "state" / "tune_experiments.json").read_text())["experiments"]
     assert len(records) == 1 and records[0]["name"].startswith("trials-stream-")
     assert sorted(records[0]["trials"]) == sorted(r["search_id"] for r in rows)
+    # each trial's folder is named by its label (not by the spec its config carries)
+    folders = sorted(p.name for p in (cfg.results_dir / "tune" / records[0]["name"]).glob("run_trial_*"))
+    assert [f.rsplit("_", 1)[0] for f in folders] == ["run_trial_random-s0-c2", "run_trial_regions-s0-c2"]
 
     # the sequential stages on the same config: every search, then every trial
     seq = stream_config(tmp_path / "sequential")
