@@ -367,11 +367,12 @@ def run_searches(cfg: ExperimentConfig, pool: Any, *, resume: bool = False, stop
     feed = JobFeed()
     device_kind, pool_size = getattr(pool, "device_kind", "cpu"), getattr(pool, "size", 1)
     finished: dict[str, dict[str, Any]] = {}  # rows written (and handed to on_done) so far
+    warned: list[str] = []  # said once for all searches, not once per search
 
     def announce(done: list[SearchState]) -> None:
         if on_done is None:
             return
-        rows = _finish(cfg, done, by_id, device_kind, pool_size, done_before)
+        rows = _finish(cfg, done, by_id, device_kind, pool_size, done_before, warned)
         for s, row in zip(done, rows):
             finished[s.search_id] = row
             on_done(row)
@@ -492,16 +493,19 @@ def _close_round(cfg: ExperimentConfig, s: SearchState, rnd: _Round, repeats: in
 
 
 def _finish(cfg: ExperimentConfig, states: list[SearchState], by_id: dict[str, SearchPlan], device_kind: str,
-            pool_size: int, done_before: set[str] = frozenset()) -> list[dict[str, Any]]:
+            pool_size: int, done_before: set[str] = frozenset(), warned: list[str] | None = None
+            ) -> list[dict[str, Any]]:
     """Write the `searches` rows and render the cells of every finished search; a search of
-    `done_before` (found done when the run started) keeps its readable row and cells."""
+    `done_before` (found done when the run started) keeps its readable row and cells.
+    `warned`: the kinds of warning printed so far (appended to), so that one said by an earlier
+    call (a search finished on its own, `run_searches(on_done=...)`) is not said again."""
     from harness.provenance import code_version
     from search_spaces.genotypes import Genotype
     from search_spaces.render import DotNotFoundError, render_genotype
 
     results_dir = cfg.results_dir
     rows = []
-    warned = False
+    warned = [] if warned is None else warned
     finished = _finished_search_rows(results_dir, [s.search_id for s in states if s.search_id in done_before])
     for s in states:
         if s.search_id in finished:  # growth: a finished search's row and cells are not rewritten
@@ -521,9 +525,9 @@ def _finish(cfg: ExperimentConfig, states: list[SearchState], by_id: dict[str, S
         try:
             render_genotype(genotype, results_dir / "cells", s.search_id, formats=("svg", "png"))
         except DotNotFoundError as exc:  # the .gv sources are written; say once how to get images
-            if not warned:
+            if type(exc).__name__ not in warned:  # each search's message names its own files
                 print(f"warning: {exc}", file=sys.stderr)
-                warned = True
+                warned.append(type(exc).__name__)
         rows.append(row)
     return rows
 

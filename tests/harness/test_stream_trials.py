@@ -48,6 +48,7 @@ class LinearPool:
     def __init__(self) -> None:
         self.w_rn = np.random.default_rng(0).random((2, N_EDGES, N_OPS))
         self.events: list[str] = []
+        self.answered = 0  # jobs scored so far
 
     def gate(self, job) -> None:
         pass
@@ -55,6 +56,7 @@ class LinearPool:
     def run(self, jobs, on_result) -> None:
         for job in jobs:  # a JobFeed keeps yielding what the handler adds
             self.gate(job)
+            self.answered += 1
             on_result(job, "fake", [(ident, Score(rn=100.0 + float((self.w_rn * m).sum())))
                                     for ident, m in job.items])
 
@@ -160,6 +162,37 @@ def test_a_stopped_search_thread_adds_only_its_own_error_to_the_cause():
     cause = RuntimeError("a trial failed")
     t.stop(cause)
     assert cause.__notes__ == ["the searches ended with an error too: search broke"]
+
+
+def test_each_search_is_announced_as_it_ends_with_its_row_written_and_a_warning_said_once(tmp_path, monkeypatch,
+                                                                                           capsys):
+    from search_spaces import render
+
+    def no_dot(*args, **kwargs):
+        raise render.DotNotFoundError([tmp_path / f"{args[2]}.gv"])
+
+    monkeypatch.setattr(render, "render_genotype", no_dot)
+    cfg = stream_config(tmp_path)
+    pool = LinearPool()
+    seen = []
+
+    def on_done(row):
+        written = store.table_path(cfg.results_dir, "searches", row["search_id"]).is_file()
+        seen.append((row["method"], written, pool.answered))
+
+    rows = run_searches(cfg, pool, progress=False, on_done=on_done)
+    # the fixed method at once, before any job is scored; the pruning search after its last job
+    assert seen == [("random", True, 0), ("regions", True, pool.answered)] and pool.answered > 0
+    assert [r["method"] for r in rows] == ["random", "regions"]
+    assert capsys.readouterr().err.count("'dot' executable not found") == 1  # once, not once per search
+
+
+def test_a_set_stop_event_interrupts_the_searches_at_the_next_scored_job(tmp_path):
+    cfg = stream_config(tmp_path)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(SearchInterrupted, match="stopped"):
+        run_searches(cfg, LinearPool(), progress=False, on_done=lambda row: None, stop=stop)
 
 
 # ----------------------------------------------------------------------------- end to end (Ray, Tune)
