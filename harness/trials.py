@@ -851,7 +851,11 @@ def tune_experiment(cfg: ExperimentConfig, trainable: Any, labels: dict[str, dic
     if searcher is not None:  # a streamed trial's config holds its whole spec: name it by its label
         from harness.trial_stream import streamed_trial_dirname, streamed_trial_name
 
-        names = {"trial_name_creator": streamed_trial_name, "trial_dirname_creator": streamed_trial_dirname}
+        # Tune keeps one trial of a custom search algorithm pending at a time, unless a
+        # concurrency limit is set: with one above every trial, all ready trials may wait for
+        # resources at once (an autoscaler then sees them all), while nothing is limited.
+        names = {"trial_name_creator": streamed_trial_name, "trial_dirname_creator": streamed_trial_dirname,
+                 "max_concurrent_trials": max(1, num_samples)}
     return tune.Tuner(
         trainable,
         param_space=space,
