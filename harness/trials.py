@@ -737,6 +737,10 @@ def stream_trials(cfg: ExperimentConfig, search: Any, *, verbose: int = 1, relea
 
     tuner, name = None, f"trials-stream-{time.strftime('%Y%m%d-%H%M%S')}"
     if todo:  # built before any search starts: a bad cluster or dataset fails first
+        from ray import tune
+
+        if tune.Tuner.can_restore(storage_join(storage, name)):  # a new experiment, never an old one's
+            name = f"{name}-{time.time_ns()}"
 
         def on_give(config: dict[str, Any]) -> None:  # in the main thread (Tune's loop)
             spec = TrialSpec.from_dict(config["spec"])
