@@ -5,9 +5,12 @@ arguments and call these).
 - `results_folder`: the up-front checks, the folder's lock, `--fresh`, the resumable-state
   check, unreadable files set aside, the resolved config written; then the stages run.
 - `search_stage`: every search on a scorer pool (`start_pool`, only when a method scores);
+- `streamed_stage`: the searches with each searched cell's trials streamed into Tune as its
+  search ends (`harness.trial_stream`): `run`'s default;
 - `proxy_stage` / `finish_proxy_study`: the proxy study's init-time scores, then its tables
   and plots once the trials are in;
-- `trial_stage`: the Tune trials of the searched (or given) genotypes;
+- `trial_stage`: the Tune trials of the searched (or given) genotypes that are still missing
+  (after `streamed_stage`: only those of an interrupted earlier Tune experiment, restored);
 - `write_report` / `build_report`: Markdown, CSVs, figures and the HTML page from the Parquet
   tables;
 - `run_experiment`: the whole `run`; `train_genotypes`: `train` (the `searches` rows of
@@ -131,6 +134,26 @@ def search_stage(cfg: ExperimentConfig, *, resume: bool, progress: bool) -> list
             pool.shutdown()
 
 
+def streamed_stage(cfg: ExperimentConfig, *, progress: bool) -> list[dict]:
+    """Every search of the config, each searched cell's missing trials handed to Tune as soon
+    as its search ends (`harness.trials.stream_trials`), the scorer pool shut down
+    as soon as the last search ends; `searches` rows. Resumes as `search_stage` does."""
+    from harness.search import run_searches
+    from harness.trials import stream_trials
+
+    pool = start_pool(cfg) if any(m in PRUNING_METHODS for m in cfg.search.methods) else None
+
+    def search(on_done: Any, stop: Any) -> list[dict]:
+        return run_searches(cfg, pool, resume=True, progress=progress, on_done=on_done, stop=stop)
+
+    try:
+        return stream_trials(cfg, search, verbose=1 if progress else 0,
+                             release=None if pool is None else pool.shutdown)
+    finally:
+        if pool is not None:
+            pool.shutdown()  # a no-op when the searches ended (and released it) first
+
+
 def proxy_stage(cfg: ExperimentConfig, searches: Sequence[Mapping[str, Any]], *, progress: bool,
                 pool: Any = None) -> list[dict[str, Any]]:
     """The proxy study's init-time scores of the searched genotypes (`harness.study.score_proxies`);
@@ -168,14 +191,25 @@ def trial_stage(cfg: ExperimentConfig, searches: Sequence[Mapping[str, Any]], *,
     return done
 
 
-def run_experiment(cfg: ExperimentConfig, *, progress: bool) -> "ReportFiles":
+def run_experiment(cfg: ExperimentConfig, *, progress: bool, stream: bool = True) -> "ReportFiles":
     """`metantk-nas run`: searches, proxy scores (with `[study] proxies`), trials, the proxy
     study's tables, the report. Call inside `results_folder`. A rerun resumes: finished rounds,
-    searches and trials are not redone."""
+    searches and trials are not redone.
+
+    Trials stream (`streamed_stage`): a searched cell trains as soon as its search ends, while
+    the other searches still run. The proxy study scores every searched genotype before any
+    trial, so it keeps the stages in sequence, as `stream=False` does (the same rows: a
+    trial's result never depends on when it starts; kept for comparison, `benchmarks/bench_stream.py`).
+    """
     check_cluster_storage(cfg)  # on a cluster: before the searches, not when the trials start
-    searches = search_stage(cfg, resume=True, progress=progress)
+    if stream and not cfg.study.proxies:
+        searches = streamed_stage(cfg, progress=progress)
+    else:
+        searches = search_stage(cfg, resume=True, progress=progress)
     if cfg.study.proxies:
         proxy_stage(cfg, searches, progress=progress)
+    # after streaming: only trials of an interrupted earlier Tune experiment (restored) and the
+    # shot counts added since a trial ran; Tune does not start when nothing is missing
     trial_stage(cfg, searches, verbose=1 if progress else 0)
     if cfg.study.proxies:
         finish_proxy_study(cfg)

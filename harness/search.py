@@ -29,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Hashable, Mapping
+from typing import Any, Callable, Hashable, Mapping
 
 import numpy as np
 
@@ -335,11 +335,19 @@ def search_bars(states: list[SearchState], repeats: int, progress: bool, stream:
 
 
 def run_searches(cfg: ExperimentConfig, pool: Any, *, resume: bool = False, stop_after_round: int | None = None,
-                 progress: bool = True) -> list[dict[str, Any]]:
+                 progress: bool = True, on_done: Callable[[dict[str, Any]], None] | None = None,
+                 stop: Any = None) -> list[dict[str, Any]]:
     """Run (or resume) every search of `cfg` on `pool`; returns the `searches` rows.
 
     Writes `candidates/<search_id>-rNN.parquet` per round, `searches/<search_id>.parquet`
     per finished search, the state checkpoint, and the rendered cells.
+
+    `on_done(row)`: called with each search's `searches` row as soon as that search is done
+    (at once for fixed methods and searches found done; a pruning search after its last
+    round), its row and cells then already written; this is how a searched cell's training
+    starts while other searches still run (`harness.trial_stream`). Without it the rows are
+    written when every search is done. `stop`: an event (`is_set()`); once set, the next
+    scored job raises `SearchInterrupted` (the state keeps every finished round).
     """
     from trainers.progress import LineProgress
 
@@ -369,6 +377,17 @@ def run_searches(cfg: ExperimentConfig, pool: Any, *, resume: bool = False, stop
     by_search = {s.search_id: s for s in states}
     rounds: dict[str, _Round] = {}
     feed = JobFeed()
+    device_kind, pool_size = getattr(pool, "device_kind", "cpu"), getattr(pool, "size", 1)
+    finished: dict[str, dict[str, Any]] = {}  # rows written (and handed to on_done) so far
+    warned: list[str] = []  # said once for all searches, not once per search
+
+    def announce(done: list[SearchState]) -> None:
+        if on_done is None:
+            return
+        rows = _finish(cfg, done, by_id, device_kind, pool_size, done_before, warned)
+        for s, row in zip(done, rows):
+            finished[s.search_id] = row
+            on_done(row)
 
     def start_round(s: SearchState) -> list[Job]:
         """The jobs of `s`'s next round (none when it is done or stops here)."""
@@ -386,6 +405,8 @@ def run_searches(cfg: ExperimentConfig, pool: Any, *, resume: bool = False, stop
         return jobs
 
     def on_result(job: Job, label: str, results: list) -> None:
+        if stop is not None and stop.is_set():
+            raise SearchInterrupted("stopped: the command is ending")
         sid = job.key[1]  # the key start_round gave it: (experiment seed, search id, round, repeat)
         rnd = rounds[sid]
         for (ident, r), score in results:
@@ -406,7 +427,10 @@ def run_searches(cfg: ExperimentConfig, pool: Any, *, resume: bool = False, stop
         if sid in bars and not isinstance(bars[sid], LineProgress):
             bars[sid].set_description(f"{sid} round {min(s.round + 1, SEARCH_ROUNDS)}/{SEARCH_ROUNDS}", refresh=False)
         feed.add(start_round(s))
+        if s.stage == "done":
+            announce([s])
 
+    announce([s for s in states if s.stage == "done"])
     for s in states:
         feed.add(start_round(s))
     if feed:
@@ -419,7 +443,9 @@ def run_searches(cfg: ExperimentConfig, pool: Any, *, resume: bool = False, stop
         raise SearchInterrupted(f"stopped after round {stop_after_round}")
     for bar in bars.values():
         bar.close()
-    return _finish(cfg, states, by_id, getattr(pool, "device_kind", "cpu"), getattr(pool, "size", 1), done_before)
+    if on_done is not None:  # every row was written as its search ended
+        return [finished[s.search_id] for s in states]
+    return _finish(cfg, states, by_id, device_kind, pool_size, done_before)
 
 
 @dataclass
@@ -479,16 +505,19 @@ def _close_round(cfg: ExperimentConfig, s: SearchState, rnd: _Round, repeats: in
 
 
 def _finish(cfg: ExperimentConfig, states: list[SearchState], by_id: dict[str, SearchPlan], device_kind: str,
-            pool_size: int, done_before: set[str] = frozenset()) -> list[dict[str, Any]]:
+            pool_size: int, done_before: set[str] = frozenset(), warned: list[str] | None = None
+            ) -> list[dict[str, Any]]:
     """Write the `searches` rows and render the cells of every finished search; a search of
-    `done_before` (found done when the run started) keeps its readable row and cells."""
+    `done_before` (found done when the run started) keeps its readable row and cells.
+    `warned`: the kinds of warning printed so far (appended to), so that one said by an earlier
+    call (a search finished on its own, `run_searches(on_done=...)`) is not said again."""
     from harness.provenance import code_version
     from search_spaces.genotypes import Genotype
     from search_spaces.render import DotNotFoundError, render_genotype
 
     results_dir = cfg.results_dir
     rows = []
-    warned = False
+    warned = [] if warned is None else warned
     finished = _finished_search_rows(results_dir, [s.search_id for s in states if s.search_id in done_before])
     for s in states:
         if s.search_id in finished:  # growth: a finished search's row and cells are not rewritten
@@ -508,9 +537,9 @@ def _finish(cfg: ExperimentConfig, states: list[SearchState], by_id: dict[str, S
         try:
             render_genotype(genotype, results_dir / "cells", s.search_id, formats=("svg", "png"))
         except DotNotFoundError as exc:  # the .gv sources are written; say once how to get images
-            if not warned:
+            if type(exc).__name__ not in warned:  # each search's message names its own files
                 print(f"warning: {exc}", file=sys.stderr)
-                warned = True
+                warned.append(type(exc).__name__)
         rows.append(row)
     return rows
 

@@ -15,6 +15,12 @@ another machine. It gets its episode lists as data, reports each epoch, and its 
 checkpoint carries the model file and its rows; the driver writes them
 (`harness.tune_callbacks.TrialRowsCallback`).
 
+Trials stream: `metantk-nas run` hands each searched cell's trials to Tune as soon as its
+search ends (`stream_trials`, with `harness.trial_stream`), into one Tune experiment whose
+search algorithm is fed by the searches; `run_trials` then restores whatever an interrupted
+earlier experiment holds. `run_trials` alone (one grid over the trial labels) serves `train`,
+the proxy study and `run_experiment(stream=False)`.
+
 Only `ray.tune.*` APIs are used inside the trainable (ray 2.60); its work is
 `train_and_evaluate`, which runs without Tune (and is tested so).
 """
@@ -185,10 +191,15 @@ def load_episode_lists(results_dir: str | Path, spec: TrialSpec) -> dict[int, tu
     """shots -> (file name, `EpisodeList`) of the stored lists of trial `spec` in `results_dir`,
     read on the driver (they must exist: `ensure_episode_lists`). Trials get them as data, never
     by path."""
+    return stored_episode_lists(results_dir, spec.data, spec.evaluate)
+
+
+def stored_episode_lists(results_dir: str | Path, d: DataSpec, e: Any) -> dict[int, tuple[str, Any]]:
+    """`load_episode_lists` of the data `d` and the evaluation `e` (`harness.specs.EvaluationSpec`):
+    every trial of an experiment shares them, so they are known before any trial's genotype."""
     from trainers.episodes import EpisodeList
 
     lists = {}
-    d, e = spec.data, spec.evaluate
     for shots in e.shots:
         path = episode_list_path(Path(results_dir), d.name, d.eval_split, e.ways, shots, e.queries, e.episodes, d.seed)
         lists[int(shots)] = (path.name, EpisodeList.load(path))
@@ -428,8 +439,8 @@ def run_trial(config: dict[str, Any], specs: dict[str, dict[str, Any]],
     """The Tune trainable: `train_and_evaluate` resuming from Tune's checkpoint, reporting each
     epoch with its checkpoint and the final metrics with the outputs.
 
-    `config["trial"]` is the trial's label; `specs` maps labels to `TrialSpec.to_dict()`,
-    `episode_lists` is `load_episode_lists` and `data` the training and evaluation splits
+    `config["trial"]` is the trial's label; `specs` maps labels to `TrialSpec.to_dict()` (a
+    trial streamed as its search ended carries its own in `config["spec"]`), `episode_lists` is `load_episode_lists` and `data` the training and evaluation splits
     (`harness.shared_data.load_shared`; None: read from the dataset root), all bound with
     `tune.with_parameters`, so they travel through Ray's object store and stay out of Tune's
     printed configs.
@@ -441,10 +452,12 @@ def run_trial(config: dict[str, Any], specs: dict[str, dict[str, Any]],
     """
     from ray import tune
 
+    from harness.tune_callbacks import config_spec
+
     # Ray logs every persisted checkpoint at INFO (one line per epoch and trial, forwarded
     # to the driver's console); Tune's status table already shows the epochs.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
-    spec = TrialSpec.from_dict(specs[config["trial"]])
+    spec = TrialSpec.from_dict(config_spec(config, specs))
     work = Path(tempfile.mkdtemp(prefix=f"metantk-{spec.trial_id}-"))
     try:
         restored = tune.get_checkpoint()
@@ -615,6 +628,11 @@ def _specs_digest(specs: list[TrialSpec]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def spec_digest(spec: TrialSpec) -> str:
+    """The digest one trial is recorded with in `state/tune_experiments.json` (`harness.tune_records`)."""
+    return _specs_digest([spec])
+
+
 def run_trials(cfg: ExperimentConfig, specs: list[TrialSpec], *, verbose: int = 1) -> list[str]:
     """Run the missing trials under Tune; returns the trial ids that have rows afterwards.
 
@@ -638,31 +656,19 @@ def _train_missing(cfg: ExperimentConfig, specs: list[TrialSpec], missing: set[s
     from ray import tune
 
     from harness.tune_records import forget_tune_experiments, tune_runs
-    from harness.ray_session import ensure_ray, trial_resources
-    from harness.shared_data import load_shared, trial_data_keys
 
     ensure_episode_lists(cfg)
     storage, _ = tune_storage(cfg)
-    # On a cluster the caller has checked the nodes and the storage first
-    # (`harness.pipeline.check_cluster_storage`).
-    cluster = ensure_ray(cfg.resources.address, cfg.resources.num_cpus)
     labels = {trial_label(s): s.to_dict() for s in specs}
     if len(labels) != len(specs):
         raise ValueError(f"trial labels are not unique: {sorted(trial_label(s) for s in specs)}")
-    # The episode lists travel as data (object store), like the specs: trials read nothing
-    # from the results folder.
-    # So do the dataset splits (`harness.shared_data`): loaded once here, read zero-copy by
-    # every trial on a node, and no node needs the dataset root.
-    data = load_shared(trial_data_keys(cfg).values())
-    trainable = tune.with_resources(tune.with_parameters(run_trial, specs=labels,
-                                                         episode_lists=load_episode_lists(cfg.results_dir, specs[0]),
-                                                         data=data),
-                                    trial_resources(cluster, cfg.resources.trial_cpus, cfg.resources.trial_gpus))
+    trainable = trial_trainable(cfg, labels)
     started = time.perf_counter()
 
     def fit(name: str, ids: set[str]) -> None:
         grid = [label for label, d in labels.items() if d["trial_id"] in ids]
-        _fit(_tuner(cfg, trainable, labels, storage, name, verbose, grid=grid), cfg, _join(storage, name), started)
+        fit_experiment(tune_experiment(cfg, trainable, labels, storage, name, verbose, grid=grid), cfg,
+                       storage_join(storage, name), started)
 
     runs = tune_runs(cfg.results_dir, storage, specs, missing, _specs_digest)
     for name, ids, _ in runs:
@@ -672,9 +678,10 @@ def _train_missing(cfg: ExperimentConfig, specs: list[TrialSpec], missing: set[s
     # those experiment folders are moved aside and only the trials without rows run again.
     left = missing_trials(cfg.results_dir, specs)
     if left:
-        stale = [name for name, ids, _ in runs if set(ids) & left and tune.Tuner.can_restore(_join(storage, name))]
+        stale = [name for name, ids, _ in runs
+                 if set(ids) & left and tune.Tuner.can_restore(storage_join(storage, name))]
         for name in stale:
-            _move_experiment(_join(storage, name), _join(storage, f"{name}.stale-{time.time_ns()}"))
+            _move_experiment(storage_join(storage, name), storage_join(storage, f"{name}.stale-{time.time_ns()}"))
         forget_tune_experiments(cfg.results_dir, stale)
         print(f"warning: Tune's record(s) {', '.join(stale)} called {len(left)} trial(s) finished that have no "
               f"rows ({', '.join(sorted(left)[:3])}); moved aside and running them again", file=sys.stderr)
@@ -685,7 +692,99 @@ def _train_missing(cfg: ExperimentConfig, specs: list[TrialSpec], missing: set[s
             raise RuntimeError(f"trials {sorted(left)} finished without writing rows under {cfg.results_dir}")
 
 
-def _join(storage: str, name: str) -> str:
+def streamable_trials(cfg: ExperimentConfig, storage: str) -> set[str]:
+    """Ids of the config's trials to stream: planned (every search's `training_runs`), without
+    rows yet, and held by no recorded Tune experiment on `storage` (those are restored by
+    `run_trials`)."""
+    from harness.plans import plan_searches
+    from harness.tune_records import recorded_trial_ids
+
+    planned = {tid for p in plan_searches(cfg)
+               for _, tid in training_runs(cfg, {"seed": p.seed, "search_id": p.search_id})}
+    return planned - finished_trials(cfg.results_dir) - recorded_trial_ids(cfg.results_dir, storage)
+
+
+def stream_trials(cfg: ExperimentConfig, search: Any, *, verbose: int = 1, release: Any = None
+                  ) -> list[dict[str, Any]]:
+    """Run the searches and stream each searched cell's missing trials into one Tune
+    experiment as its search ends (`harness.trial_stream`); returns the `searches` rows.
+
+    `search(on_done, stop)` runs every search (`harness.search.run_searches` with `on_done`
+    and `stop`; in a driver thread), calling `on_done(row)` as each one ends; `release()` runs
+    as soon as the searches end (the scorer pool's shutdown). A trial is streamed only if it
+    has no rows and no recorded Tune experiment holds it (`streamable_trials`); those held are
+    restored afterwards by `run_trials` (`harness.pipeline.trial_stage`). The streamed
+    experiment is recorded trial by trial as Tune takes each, so an interrupted one is
+    restored by the next run. Raises as `run_trials` (a trial that failed for good, Ctrl-C) or
+    as the searches (their error, once the trials already started have finished).
+    """
+    import queue
+
+    from harness.specs import trial_spec
+    from harness.trial_stream import SearchThread, TrialFeedSearcher
+    from harness.tune_records import record_trial
+
+    report_set_aside(store.set_aside_unreadable(cfg.results_dir, ("trials", "episodes")))
+    storage, _ = tune_storage(cfg)
+    todo = streamable_trials(cfg, storage)
+    feed: queue.Queue[Any] = queue.Queue()
+
+    def on_done(row: dict[str, Any]) -> None:  # in the search thread
+        for train_seed, trial_id in training_runs(cfg, row):
+            if trial_id in todo:
+                spec = trial_spec(cfg, row, train_seed, trial_id)
+                feed.put({"trial": trial_label(spec), "spec": spec.to_dict()})
+
+    tuner, name = None, f"trials-stream-{time.strftime('%Y%m%d-%H%M%S')}"
+    if todo:  # built before any search starts: a bad cluster or dataset fails first
+        from ray import tune
+
+        if tune.Tuner.can_restore(storage_join(storage, name)):  # a new experiment, never an old one's
+            name = f"{name}-{time.time_ns()}"
+
+        def on_give(config: dict[str, Any]) -> None:  # in the main thread (Tune's loop)
+            spec = TrialSpec.from_dict(config["spec"])
+            record_trial(cfg.results_dir, name, storage, spec.trial_id, spec_digest(spec))
+
+        ensure_episode_lists(cfg)
+        tuner = tune_experiment(cfg, trial_trainable(cfg, {}), {}, storage, name, verbose,
+                                searcher=TrialFeedSearcher(feed, on_give), num_samples=len(todo))
+    searches = SearchThread(lambda stop: search(on_done, stop), feed, release)
+    started = time.perf_counter()
+    searches.start()
+    try:
+        if tuner is not None:
+            fit_experiment(tuner, cfg, storage_join(storage, name), started)
+        return searches.result()
+    except BaseException as exc:  # Ctrl-C, a failed trial, a search error: the searches stop too
+        searches.stop(exc)
+        raise
+
+
+def trial_trainable(cfg: ExperimentConfig, labels: dict[str, dict[str, Any]]) -> Any:
+    """`run_trial` with its resources and bound data: `labels` (Tune label -> `TrialSpec.to_dict()`
+    of the trials known now; a streamed trial carries its spec in its config instead), the
+    experiment's episode lists and dataset splits. Ray is started or attached first."""
+    from ray import tune
+
+    from harness.ray_session import ensure_ray, trial_resources
+    from harness.shared_data import load_shared, trial_data_keys
+    from harness.specs import data_spec, evaluation_spec
+
+    # On a cluster the caller has checked the nodes and the storage first
+    # (`harness.pipeline.check_cluster_storage`).
+    cluster = ensure_ray(cfg.resources.address, cfg.resources.num_cpus)
+    # The episode lists travel as data (object store), like the specs: trials read nothing
+    # from the results folder.
+    # So do the dataset splits (`harness.shared_data`): loaded once here, read zero-copy by
+    # every trial on a node, and no node needs the dataset root.
+    lists = stored_episode_lists(cfg.results_dir, data_spec(cfg), evaluation_spec(cfg))
+    data = load_shared(trial_data_keys(cfg).values())
+    return tune.with_resources(tune.with_parameters(run_trial, specs=labels, episode_lists=lists, data=data),
+                               trial_resources(cluster, cfg.resources.trial_cpus, cfg.resources.trial_gpus))
+
+
+def storage_join(storage: str, name: str) -> str:
     return f"{storage.rstrip('/')}/{name}"
 
 
@@ -727,10 +826,13 @@ def _move_experiment(source: str, target: str) -> None:
     fs.move(src, dst)
 
 
-def _tuner(cfg: ExperimentConfig, trainable: Any, labels: dict[str, dict[str, Any]], storage: str, name: str,
-           verbose: int, grid: list[str] | None = None) -> Any:
+def tune_experiment(cfg: ExperimentConfig, trainable: Any, labels: dict[str, dict[str, Any]], storage: str,
+                    name: str, verbose: int, grid: list[str] | None = None, searcher: Any = None,
+                    num_samples: int = 1) -> Any:
     """Restore Tune's experiment `storage/name`, or start one over the trial labels `grid`
-    (default: all of `labels`, which map every label Tune may report to its spec)."""
+    (default: all of `labels`, which map every label Tune may report to its spec), or, with
+    `searcher` (`harness.trial_stream.TrialFeedSearcher`), over the `num_samples` trials it
+    hands out as their searches end (each carries its spec in its config)."""
     from ray import tune
 
     from harness.provenance import code_version
@@ -746,12 +848,22 @@ def _tuner(cfg: ExperimentConfig, trainable: Any, labels: dict[str, dict[str, An
         tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
         tuner._local_tuner._run_config.callbacks = callbacks
         return tuner
+    # The grid runs over short trial labels, so Tune's status table shows one short
+    # `trial` column; the specs travel through `tune.with_parameters`.
+    space = {} if searcher is not None else {"trial": tune.grid_search(list(labels) if grid is None else list(grid))}
+    names = {}
+    if searcher is not None:  # a streamed trial's config holds its whole spec: name it by its label
+        from harness.trial_stream import streamed_trial_dirname, streamed_trial_name
+
+        # Tune keeps one trial of a custom search algorithm pending at a time, unless a
+        # concurrency limit is set: with one above every trial, all ready trials may wait for
+        # resources at once (an autoscaler then sees them all), while nothing is limited.
+        names = {"trial_name_creator": streamed_trial_name, "trial_dirname_creator": streamed_trial_dirname,
+                 "max_concurrent_trials": max(1, num_samples)}
     return tune.Tuner(
         trainable,
-        # The grid runs over short trial labels, so Tune's status table shows one short
-        # `trial` column; the specs travel through `tune.with_parameters`.
-        param_space={"trial": tune.grid_search(list(labels) if grid is None else list(grid))},
-        tune_config=tune.TuneConfig(num_samples=1),
+        param_space=space,
+        tune_config=tune.TuneConfig(num_samples=num_samples, search_alg=searcher, **names),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, verbose=verbose,
             failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures),
@@ -761,7 +873,7 @@ def _tuner(cfg: ExperimentConfig, trainable: Any, labels: dict[str, dict[str, An
     )
 
 
-def _fit(tuner: Any, cfg: ExperimentConfig, path: str, started: float) -> None:
+def fit_experiment(tuner: Any, cfg: ExperimentConfig, path: str, started: float) -> None:
     """`tuner.fit()`; RuntimeError if a trial failed for good, KeyboardInterrupt if Tune stopped early.
 
     On Ctrl-C Tune saves its state and returns from `fit` as if it had finished; without

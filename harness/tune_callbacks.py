@@ -14,10 +14,18 @@ from typing import Any, Callable
 from ray import tune
 
 
+def config_spec(config: dict[str, Any], specs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The `TrialSpec.to_dict()` of the trial whose Tune config is `config`: its own `spec`
+    when it carries one (a trial streamed as its search ended, `harness.trial_stream`), else
+    `specs[config["trial"]]` (a trial of a grid over labels)."""
+    return config["spec"] if "spec" in config else specs[config["trial"]]
+
+
 class TrialRowsCallback(tune.Callback):
     """Writes every row and model file of the trials into `results_dir`.
 
-    `specs` maps Tune's trial label (`config["trial"]`) to `TrialSpec.to_dict()`. What is
+    `specs` maps Tune's trial label (`config["trial"]`) to `TrialSpec.to_dict()` (a streamed
+    trial's config carries its own: `config_spec`). What is
     written comes from `harness.trials`, passed in (`record_epoch(results_dir, spec, metrics)`
     per epoch report, `collect_outputs(results_dir, checkpoint_folder, git_sha)` per finished
     trial), so this module needs nothing of the trials module that starts Tune with it. A
@@ -37,7 +45,7 @@ class TrialRowsCallback(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         # epoch reports carry `epoch_seconds`; the final report carries the outputs instead
         if "epoch_seconds" in result:
-            self.record_epoch(self.results_dir, self.specs[trial.config["trial"]], result)
+            self.record_epoch(self.results_dir, config_spec(trial.config, self.specs), result)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if trial.checkpoint is not None:

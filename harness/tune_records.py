@@ -98,3 +98,22 @@ def forget_tune_experiments(results_dir: Path, names: list[str]) -> None:
     write_tune_records(results_dir, [r for r in records if r["name"] not in set(names)])
 
 
+
+
+def recorded_trial_ids(results_dir: Path, storage: str) -> set[str]:
+    """Ids of every trial a recorded Tune experiment on `storage` holds: those are restored
+    (`tune_runs`), never handed to a new experiment."""
+    return {t for r in read_tune_records(results_dir) or [] if r["storage"] == storage for t in r["trials"]}
+
+
+def record_trial(results_dir: Path, name: str, storage: str, trial_id: str, digest: str) -> None:
+    """Add one trial (with its spec digest) to the record of experiment `name`, created if
+    new: a streamed experiment (`harness.trial_stream`) learns its trials one by one, and an
+    interrupted one is restored for exactly the trials it was given."""
+    records = read_tune_records(results_dir) or []
+    entry = next((r for r in records if r["name"] == name), None)
+    if entry is None:
+        entry = {"name": name, "storage": storage, "trials": {}}
+        records.append(entry)
+    entry["trials"][trial_id] = digest
+    write_tune_records(results_dir, records)

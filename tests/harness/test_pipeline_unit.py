@@ -29,6 +29,7 @@ def stages(monkeypatch: pytest.MonkeyPatch) -> list:
     calls: list = []
     monkeypatch.setattr(pipeline, "check_cluster_storage", lambda cfg: calls.append("cluster"))
     monkeypatch.setattr(pipeline, "search_stage", lambda cfg, **kw: calls.append(("search", kw)) or [{"s": 1}])
+    monkeypatch.setattr(pipeline, "streamed_stage", lambda cfg, **kw: calls.append(("stream", kw)) or [{"s": 1}])
     monkeypatch.setattr(pipeline, "proxy_stage", lambda cfg, rows, **kw: calls.append(("proxies", rows)))
     monkeypatch.setattr(pipeline, "trial_stage", lambda cfg, rows, **kw: calls.append(("trials", rows, kw)))
     monkeypatch.setattr(pipeline, "finish_proxy_study", lambda cfg: calls.append("study"))
@@ -38,7 +39,8 @@ def stages(monkeypatch: pytest.MonkeyPatch) -> list:
 
 def test_run_goes_search_trials_report(tmp_path: Path, stages: list) -> None:
     assert pipeline.run_experiment(_cfg(tmp_path), progress=False) == "files"
-    assert stages == ["cluster", ("search", {"resume": True, "progress": False}),
+    # the searches with their trials streamed, then any trial an interrupted run left
+    assert stages == ["cluster", ("stream", {"progress": False}),
                       ("trials", [{"s": 1}], {"verbose": 0}), "report"]
 
 
