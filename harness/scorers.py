@@ -13,7 +13,6 @@ import socket
 import time
 from typing import Any, Callable, Hashable, Iterable
 
-import numpy as np
 import ray
 
 from harness.scoring import Job, JobFeed, Score, ScoreSpec  # noqa: F401  (Job re-exported)
