@@ -30,6 +30,10 @@ FILES = {
     "ablation_omniglot": (True, ["search.seeds=[0]", "dataset.image_size=16"], 4),
     "correlation_omniglot": (True, ["search.seeds=[0, 1, 2]", "dataset.image_size=16", "study.repeats=1",
                                     "study.n_boot=20"], 3),
+    # Its paper methods are ablation_omniglot's (same settings, run above): the proxy methods run here.
+    "proxy_ablation_omniglot": (True, ["search.seeds=[0]", "dataset.image_size=16",
+                                       'search.methods=["synflow+regions", "snip+regions", "nwot+regions", '
+                                       '"params+regions"]'], 4),
 }
 
 
