@@ -19,7 +19,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_experiment(args)
     with results_folder(cfg, fresh=args.fresh, search=True, train=True):
-        _print_report(run_experiment(cfg, progress=not args.no_progress))
+        _print_report(run_experiment(cfg, progress=not args.no_progress, stream=not args.in_sequence))
     return 0
 
 
@@ -65,6 +65,9 @@ def register(sub: Any) -> None:
                                    "Ray Tune trial, write the Parquet tables and print the report. Rerunning the "
                                    "same command resumes and redoes nothing that finished.")
     add_common_experiment_args(p)
+    p.add_argument("--in-sequence", action="store_true",
+                   help="start the trainings only after every search has ended (default: each searched cell "
+                        "trains as soon as its own search ends)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("train", help="train and evaluate given genotypes (no search)",

@@ -63,13 +63,17 @@ def test_run_calls_the_pipeline_inside_the_results_folder(repo_root: Path, no_fo
             return ["report.md"]
 
     seen = []
-    monkeypatch.setattr(pipeline, "run_experiment", lambda cfg, progress: seen.append((cfg, progress)) or Files())
+    monkeypatch.setattr(pipeline, "run_experiment",
+                        lambda cfg, progress, stream: seen.append((cfg, progress, stream)) or Files())
     smoke = repo_root / "experiments" / "smoke.toml"
     assert cli.main(["run", str(smoke), "--no-progress", "--set", "search.seeds=[3]", "--fresh"]) == 0
-    (cfg, progress), = seen
-    assert cfg.search.seeds == (3,) and progress is False
+    (cfg, progress, stream), = seen
+    assert cfg.search.seeds == (3,) and progress is False and stream is True
     assert no_folder == [{"fresh": True, "search": True, "train": True}]
     assert "# tables" in capsys.readouterr().out
+    # --in-sequence: the trainings start after the last search (no streaming)
+    assert cli.main(["run", str(smoke), "--no-progress", "--in-sequence"]) == 0
+    assert seen[-1][2] is False
 
 
 @pytest.mark.parametrize("error, status", [(UserError("results folder is locked"), 2),
