@@ -5,6 +5,7 @@ import pytest
 
 from harness import store
 from harness.config import parse_config
+from tune_faults import failing_once_after_epoch_1
 
 pytestmark = pytest.mark.slow
 
@@ -19,31 +20,6 @@ def pipeline_config(out, name="e2e"):
         "evaluate": {"ways": 3, "shots": [1, 5], "queries": 4, "episodes": 6},
         "resources": {"max_failures": 2},
     }, source="e2e")
-
-
-def failing_once_after_epoch_1(label):
-    """`harness.trials.run_trial` whose first attempt of trial `label` raises after reporting
-    epoch 1 (a crash Tune must recover from). A local function, so Ray ships it by value; it
-    patches `ray.tune.report` inside the trial's own worker process only."""
-    def trainable(config, specs, episode_lists, data=None):
-        from ray import tune
-
-        from harness import trials
-
-        real_report = tune.report
-        first_attempt = tune.get_checkpoint() is None
-
-        def report(metrics, checkpoint=None):
-            real_report(metrics, checkpoint=checkpoint)
-            if first_attempt and config["trial"] == label and metrics.get("epoch") == 1 and not metrics.get("done"):
-                raise RuntimeError("injected failure after epoch 1 (test)")
-
-        tune.report = report
-        try:
-            trials.run_trial(config, specs, episode_lists, data)
-        finally:
-            tune.report = real_report
-    return trainable
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from harness.config import parse_config
 from harness.scoring import N_EDGES, N_OPS, Score
 from harness.search import SearchInterrupted, run_searches
 from harness.trial_stream import FEED_END, SearchThread, TrialFeedSearcher
+from tune_faults import failing_once_after_epoch_1
 
 GATE_S = 120.0  # how long the slow pool waits for the fast search's trial before giving up
 
@@ -247,35 +248,6 @@ def test_an_interrupted_stream_reruns_only_the_missing_trials(tmp_path, ray_sess
     assert sorted(store.read_table(cfg.results_dir, "trials")["trial_id"]) == sorted(r["search_id"] for r in rows)
 
 
-def failing_after_epoch_1_then_noting_resumes(marker_dir: str):
-    """`harness.trials.run_trial` whose first attempt raises after reporting epoch 1, and whose
-    later attempts leave a marker file when Tune hands them a checkpoint (a resumed trial). A
-    local function, so Ray ships it by value."""
-    def trainable(config, specs, episode_lists, data=None):
-        from pathlib import Path
-
-        from ray import tune
-
-        from harness import trials
-
-        resumed = tune.get_checkpoint() is not None
-        if resumed:
-            (Path(marker_dir) / config["trial"]).write_text("resumed")
-        real_report = tune.report
-
-        def report(metrics, checkpoint=None):
-            real_report(metrics, checkpoint=checkpoint)
-            if not resumed and metrics.get("epoch") == 1 and not metrics.get("done"):
-                raise RuntimeError("injected failure after epoch 1 (test)")
-
-        tune.report = report
-        try:
-            trials.run_trial(config, specs, episode_lists, data)
-        finally:
-            tune.report = real_report
-    return trainable
-
-
 @pytest.mark.slow
 def test_a_failed_streamed_trial_is_resumed_from_its_epoch_by_the_next_run(tmp_path, ray_session, monkeypatch):
     """The streamed Tune experiment is restored (not started over) for the trials it holds."""
@@ -287,7 +259,7 @@ def test_a_failed_streamed_trial_is_resumed_from_its_epoch_by_the_next_run(tmp_p
     markers = tmp_path / "markers"
     markers.mkdir()
     with monkeypatch.context() as patch:
-        patch.setattr(trials, "run_trial", failing_after_epoch_1_then_noting_resumes(str(markers)))
+        patch.setattr(trials, "run_trial", failing_once_after_epoch_1(marker_dir=str(markers)))
         with pytest.raises(RuntimeError, match="trial\\(s\\) failed"):  # the same error as the sequential path
             stream_trials(cfg, searcher(LinearPool(), cfg), verbose=0)
         assert not store.table_files(cfg.results_dir, "trials")
