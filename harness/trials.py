@@ -26,17 +26,20 @@ Only `ray.tune.*` APIs are used inside the trainable (ray 2.60); its work is
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from harness import store
 from harness.identity import evaluation_key, evaluations_on_disk
@@ -706,22 +709,24 @@ def streamable_trials(cfg: ExperimentConfig, storage: str) -> set[str]:
 
 def stream_trials(cfg: ExperimentConfig, search: Any, *, verbose: int = 1, release: Any = None
                   ) -> list[dict[str, Any]]:
-    """Run the searches and stream each searched cell's missing trials into one Tune
-    experiment as its search ends (`harness.trial_stream`); returns the `searches` rows.
+    """Run the searches and stream each searched cell's missing trials into Tune as its search
+    ends (`harness.trial_stream`: an experiment whenever trials arrive while none runs);
+    returns the `searches` rows.
 
     `search(on_done, stop)` runs every search (`harness.search.run_searches` with `on_done`
     and `stop`; in a driver thread), calling `on_done(row)` as each one ends; `release()` runs
     as soon as the searches end (the scorer pool's shutdown). A trial is streamed only if it
     has no rows and no recorded Tune experiment holds it (`streamable_trials`); those held are
-    restored afterwards by `run_trials` (`harness.pipeline.trial_stage`). The streamed
+    restored afterwards by `run_trials` (`harness.pipeline.trial_stage`). Each streamed
     experiment is recorded trial by trial as Tune takes each, so an interrupted one is
-    restored by the next run. Raises as `run_trials` (a trial that failed for good, Ctrl-C) or
-    as the searches (their error, once the trials already started have finished).
+    restored by the next run. Raises as `run_trials` (a trial that failed for good, once
+    everything else is done; Ctrl-C) or as the searches (their error, once the trials already
+    started have finished).
     """
     import queue
 
     from harness.specs import trial_spec
-    from harness.trial_stream import SearchThread, TrialFeedSearcher
+    from harness.trial_stream import FEED_END, SearchThread, TrialFeedSearcher, next_trials
     from harness.tune_records import record_trial
 
     report_set_aside(store.set_aside_unreadable(cfg.results_dir, ("trials", "episodes")))
@@ -735,30 +740,53 @@ def stream_trials(cfg: ExperimentConfig, search: Any, *, verbose: int = 1, relea
                 spec = trial_spec(cfg, row, train_seed, trial_id)
                 feed.put({"trial": trial_label(spec), "spec": spec.to_dict()})
 
-    tuner, name = None, f"trials-stream-{time.strftime('%Y%m%d-%H%M%S')}"
+    trainable = None
     if todo:  # built before any search starts: a bad cluster or dataset fails first
-        from ray import tune
-
-        if tune.Tuner.can_restore(storage_join(storage, name)):  # a new experiment, never an old one's
-            name = f"{name}-{time.time_ns()}"
-
-        def on_give(config: dict[str, Any]) -> None:  # in the main thread (Tune's loop)
-            spec = TrialSpec.from_dict(config["spec"])
-            record_trial(cfg.results_dir, name, storage, spec.trial_id, spec_digest(spec))
-
         ensure_episode_lists(cfg)
-        tuner = tune_experiment(cfg, trial_trainable(cfg, {}), {}, storage, name, verbose,
-                                searcher=TrialFeedSearcher(feed, on_give), num_samples=len(todo))
+        trainable = trial_trainable(cfg, {})
     searches = SearchThread(lambda stop: search(on_done, stop), feed, release)
     started = time.perf_counter()
     searches.start()
+    failed: list[RuntimeError] = []  # trials that failed for good: raised once all is done
     try:
-        if tuner is not None:
-            fit_experiment(tuner, cfg, storage_join(storage, name), started)
-        return searches.result()
+        given = 0
+        while (first := next_trials(feed)) is not FEED_END:
+            name = streamed_experiment_name(storage)
+
+            def on_give(config: dict[str, Any], name: str = name) -> None:  # in Tune's loop
+                spec = TrialSpec.from_dict(config["spec"])
+                record_trial(cfg.results_dir, name, storage, spec.trial_id, spec_digest(spec))
+
+            searcher = TrialFeedSearcher(feed, on_give, first=first)
+            tuner = tune_experiment(cfg, trainable, {}, storage, name, verbose, searcher=searcher,
+                                    num_samples=len(todo) - given)
+            try:
+                fit_experiment(tuner, cfg, storage_join(storage, name), started)
+            except RuntimeError as exc:
+                failed.append(exc)
+            given += len(searcher.given)
+        try:
+            rows = searches.result()
+        except Exception as exc:
+            for error in failed:
+                exc.add_note(f"a trial failed too: {error}")
+            raise
+        if failed:
+            raise failed[0]
+        return rows
     except BaseException as exc:  # Ctrl-C, a failed trial, a search error: the searches stop too
         searches.stop(exc)
         raise
+
+
+def streamed_experiment_name(storage: str) -> str:
+    """`trials-stream-<time>`, a new experiment's name on `storage` (never an old one's)."""
+    from ray import tune
+
+    name = f"trials-stream-{time.strftime('%Y%m%d-%H%M%S')}"
+    if tune.Tuner.can_restore(storage_join(storage, name)):  # a second one within the second
+        name = f"{name}-{time.time_ns()}"
+    return name
 
 
 def trial_trainable(cfg: ExperimentConfig, labels: dict[str, dict[str, Any]]) -> Any:
@@ -873,13 +901,34 @@ def tune_experiment(cfg: ExperimentConfig, trainable: Any, labels: dict[str, dic
     )
 
 
+@contextlib.contextmanager
+def tune_signal_handlers_undone() -> Iterator[None]:
+    """Put back the SIGINT and SIGUSR1 handlers after a Tune run (main thread only).
+
+    Tune (Ray 2.60 `tune.run`) installs its own and puts the old ones back only when a signal
+    arrives: after a finished run, the next Ctrl-C in the process (a streamed run waiting for
+    its next trials, a second Tune experiment) went to the finished run and was lost.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    kept = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, getattr(signal, "SIGUSR1", None)) if sig}
+    try:
+        yield
+    finally:
+        for sig, handler in kept.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+
+
 def fit_experiment(tuner: Any, cfg: ExperimentConfig, path: str, started: float) -> None:
     """`tuner.fit()`; RuntimeError if a trial failed for good, KeyboardInterrupt if Tune stopped early.
 
     On Ctrl-C Tune saves its state and returns from `fit` as if it had finished; without
     the check the command would carry on (and take the unfinished trials for lost rows).
     """
-    grid = tuner.fit()
+    with tune_signal_handlers_undone():
+        grid = tuner.fit()
     errors = [r.error for r in grid if r.error is not None]
     if errors:
         raise RuntimeError(f"{len(errors)} trial(s) failed after {cfg.resources.max_failures} retries "

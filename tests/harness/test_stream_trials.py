@@ -103,16 +103,33 @@ def results(cfg):
 # ----------------------------------------------------------------------------- unit: the feed
 
 
-def test_the_searcher_hands_out_what_the_searches_put_and_finishes_after_the_end():
+def test_the_searcher_hands_out_what_the_searches_put_while_a_trial_runs_and_finishes_when_none_does():
+    """Finishing when nothing runs ends the experiment, so Tune frees the finished trials'
+    resources (a blocked Tune held them: see harness.trial_stream); the caller starts the
+    next experiment with the next trials."""
     feed: queue.Queue = queue.Queue()
     given = []
-    s = TrialFeedSearcher(feed, given.append)
-    assert s.suggest("a") is None  # nothing yet: Tune asks again later
-    feed.put({"trial": "x", "spec": {}})
+    x, y = {"trial": "x", "spec": {}}, {"trial": "y", "spec": {}}
+    s = TrialFeedSearcher(feed, given.append, first=x)
+    assert s.suggest("a") == x and given == [x]
+    assert s.suggest("b") is None  # x still runs: Tune asks again later
+    feed.put(y)
+    assert s.suggest("c") == y and given == [x, y] and s.given == ["x", "y"]
+    s.on_trial_complete("a")
+    assert s.suggest("d") is None  # y still runs
+    s.on_trial_complete("c", error=True)  # failed for good: it runs no more either
+    assert s.suggest("e") == TrialFeedSearcher.FINISHED
+    feed.put(x)
+    assert s.suggest("f") == TrialFeedSearcher.FINISHED and feed.get_nowait() == x  # left for the next experiment
+
+
+def test_the_feed_end_finishes_the_searcher_and_stays_on_the_feed_for_the_caller():
+    feed: queue.Queue = queue.Queue()
+    s = TrialFeedSearcher(feed, lambda c: None, first={"trial": "x", "spec": {}})
+    s.suggest("a")
     feed.put(FEED_END)
-    assert s.suggest("b") == {"trial": "x", "spec": {}} and given == [{"trial": "x", "spec": {}}]
-    assert s.suggest("c") == TrialFeedSearcher.FINISHED
-    assert s.suggest("d") == TrialFeedSearcher.FINISHED
+    assert s.suggest("b") == TrialFeedSearcher.FINISHED  # although x runs: nothing follows
+    assert feed.get_nowait() is FEED_END and feed.empty()
 
 
 def test_a_restored_searcher_hands_out_nothing_and_keeps_what_it_gave(tmp_path):
@@ -211,10 +228,11 @@ def test_a_fast_search_trains_while_a_slow_one_runs_and_rows_equal_the_sequentia
     assert sorted(r["method"] for r in rows) == ["random", "regions"]
     assert trial_stage(cfg, rows, verbose=0) == sorted(r["search_id"] for r in rows)  # nothing left
     records = json.loads((cfg.results_dir / "state" / "tune_experiments.json").read_text())["experiments"]
-    assert len(records) == 1 and records[0]["name"].startswith("trials-stream-")
-    assert sorted(records[0]["trials"]) == sorted(r["search_id"] for r in rows)
+    # one experiment per batch of trials that arrive while none runs: here one or two
+    assert all(r["name"].startswith("trials-stream-") for r in records) and 1 <= len(records) <= 2
+    assert sorted(t for r in records for t in r["trials"]) == sorted(r["search_id"] for r in rows)
     # each trial's folder is named by its label (not by the spec its config carries)
-    folders = sorted(p.name for p in (cfg.results_dir / "tune" / records[0]["name"]).glob("run_trial_*"))
+    folders = sorted(p.name for r in records for p in (cfg.results_dir / "tune" / r["name"]).glob("run_trial_*"))
     assert [f.rsplit("_", 1)[0] for f in folders] == ["run_trial_random-s0-c2", "run_trial_regions-s0-c2"]
 
     # the sequential stages on the same config: every search, then every trial
@@ -248,6 +266,46 @@ def test_an_interrupted_stream_reruns_only_the_missing_trials(tmp_path, ray_sess
     assert sorted(store.read_table(cfg.results_dir, "trials")["trial_id"]) == sorted(r["search_id"] for r in rows)
 
 
+def test_the_signal_handlers_a_tune_run_leaves_behind_are_undone():
+    """Tune installs its SIGINT handler and undoes it only when a signal arrives; a finished
+    run's handler would swallow the next Ctrl-C (a streamed run waiting for its trials)."""
+    import signal
+
+    from harness.trials import tune_signal_handlers_undone
+
+    def mine(sig, frame):
+        pass
+
+    before = signal.signal(signal.SIGINT, mine)
+    try:
+        with tune_signal_handlers_undone():
+            signal.signal(signal.SIGINT, lambda sig, frame: None)  # as tune.run does
+        assert signal.getsignal(signal.SIGINT) is mine
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def test_ctrl_c_while_only_searches_run_stops_them_and_raises_at_once(tmp_path, ray_session):
+    """The main thread waits for the next trials in short polls, so Ctrl-C is heard while a
+    long search runs and no trial does (Tune's own wait there ignored it for up to 600 s)."""
+    import _thread
+
+    from harness.trials import stream_trials
+
+    asked_to_stop = threading.Event()
+
+    def long_search(on_done, stop):
+        threading.Timer(0.5, _thread.interrupt_main).start()  # Ctrl-C
+        if stop.wait(60):
+            asked_to_stop.set()
+        raise SearchInterrupted("stopped")
+
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        stream_trials(stream_config(tmp_path / "stream"), long_search, verbose=0)
+    assert asked_to_stop.is_set() and time.monotonic() - started < 30
+
+
 @pytest.mark.slow
 def test_a_failed_streamed_trial_is_resumed_from_its_epoch_by_the_next_run(tmp_path, ray_session, monkeypatch):
     """The streamed Tune experiment is restored (not started over) for the trials it holds."""
@@ -263,6 +321,7 @@ def test_a_failed_streamed_trial_is_resumed_from_its_epoch_by_the_next_run(tmp_p
         with pytest.raises(RuntimeError, match="trial\\(s\\) failed"):  # the same error as the sequential path
             stream_trials(cfg, searcher(LinearPool(), cfg), verbose=0)
         assert not store.table_files(cfg.results_dir, "trials")
+        streamed = json.loads((cfg.results_dir / "state" / "tune_experiments.json").read_text())["experiments"]
         rows = stream_trials(cfg, searcher(LinearPool(), cfg), verbose=0)  # nothing new to stream
         trial_stage(cfg, rows, verbose=0)  # restores the streamed experiment
     assert sorted(p.name for p in markers.iterdir()) == sorted(trials.trial_label(s)
@@ -271,7 +330,7 @@ def test_a_failed_streamed_trial_is_resumed_from_its_epoch_by_the_next_run(tmp_p
     assert sorted(zip(history["trial_id"], history["epoch"])) == sorted((r["search_id"], e) for r in rows
                                                                         for e in (1, 2))
     records = json.loads((cfg.results_dir / "state" / "tune_experiments.json").read_text())["experiments"]
-    assert len(records) == 1  # restored, not a second experiment
+    assert [r["name"] for r in records] == [r["name"] for r in streamed]  # restored, no new experiment
 
 
 @pytest.mark.parametrize("proxies, stream, expect", [
