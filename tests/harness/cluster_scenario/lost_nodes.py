@@ -4,9 +4,9 @@ usage: python lost_nodes.py OUT_DIR
 
 A head node (1 CPU, no GPU) and two worker nodes (1 CPU and 1 declared GPU each, so every
 scorer and trial runs on a worker node). The same tiny experiment runs twice on it, each time
-as a user runs it on a cluster: `metantk-nas run FILE` in its own process, attached with
-`[resources] address` (explicit shared storage, code shipped with `runtime_env`, per-node
-probe), trials streamed as their searches end (the command's default). Once undisturbed
+as a user runs it on a cluster: `metantk-nas run FILE --address HEAD --storage FOLDER` in its
+own process (shared storage, code shipped with `runtime_env`, per-node probe), trials
+streamed as their searches end (the command's default). Once undisturbed
 (OUT/ref), once (OUT/lost) while this script removes a scorer's node after the search's first
 round and a running trial's node after the first training checkpoint, each time adding a
 fresh worker node.
@@ -38,7 +38,7 @@ OBJECT_STORE = 80 * 1024 * 1024
 WORKER = {"num_cpus": 1, "num_gpus": 1, "object_store_memory": OBJECT_STORE}
 
 
-def config(out: Path, name: str, address: str):
+def config(out: Path, name: str):
     return parse_config({
         "experiment": {"name": name, "seed": 3, "out": str(out)},
         "dataset": {"name": "synthetic",
@@ -48,23 +48,26 @@ def config(out: Path, name: str, address: str):
                    "candidates_per_job": 8},
         "train": {"recipe": "synthetic", "epochs": 6, "batch_size": 20},  # a trial outlives its first checkpoint
         "evaluate": {"ways": 3, "shots": [1], "queries": 3, "episodes": 4},
-        # each run its own storage: the saboteur watches for the checkpoints of its run only
-        "resources": {"address": address, "storage": str(out / f"{name}-storage"), "max_failures": 3},
+        "resources": {"max_failures": 3},  # the cluster's address and storage: command-line flags
     }, source=name)
 
 
 class Command:
-    """`metantk-nas run` of `cfg` in a process of its own, its output in OUT/<name>.log."""
+    """`metantk-nas run FILE --address ADDRESS --storage STORAGE` of `cfg` in a process of its
+    own, its output in OUT/<name>.log; each run its own storage (the saboteur watches for the
+    checkpoints of its run only)."""
 
-    def __init__(self, cfg) -> None:
+    def __init__(self, cfg, address: str) -> None:
         out = Path(cfg.experiment.out)
         self.name = cfg.experiment.name
         self.log = out / f"{self.name}.log"
+        self.storage = out / f"{self.name}-storage"
         toml = out / f"{self.name}.toml"
         toml.write_text(to_toml(cfg))
+        argv = [sys.executable, "-m", "harness.cli", "run", str(toml), "--address", address,
+                "--storage", str(self.storage), "--no-progress"]
         with self.log.open("w") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(toml), "--no-progress"],
-                                         stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[3])
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[3])
 
     def check(self) -> None:
         """Raise if the command has ended with an error."""
@@ -147,12 +150,12 @@ def main(out: Path) -> None:
     events: list = []
     try:
         t0 = time.monotonic()
-        Command(config(out, "ref", cluster.address)).wait(timeout=150)
+        Command(config(out, "ref"), cluster.address).wait(timeout=150)
         events.append({"t": round(time.monotonic() - t0, 2), "event": "reference run finished"})
-        lost = config(out, "lost", cluster.address)
+        lost = config(out, "lost")
         t0 = time.monotonic()
-        command = Command(lost)
-        saboteur(cluster, workers, command, lost.results_dir, out / "lost-storage", events)
+        command = Command(lost, cluster.address)
+        saboteur(cluster, workers, command, lost.results_dir, command.storage, events)
         command.wait(timeout=240)
         events.append({"t": round(time.monotonic() - t0, 2), "event": "run with lost nodes finished"})
     finally:
