@@ -15,6 +15,7 @@ from typing import Any
 import ray
 
 from harness.errors import UserError
+from harness.provenance import CODE_PACKAGES
 
 
 # Seconds to wait for a TCP connection to a cluster address before calling it unreachable.
@@ -77,10 +78,6 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
         raise UserError(f"cannot reach a Ray cluster at {address} ({exc.strerror or exc}); {fix}") from None
     if not grpc:
         raise UserError(f"cannot reach a Ray cluster at {address} (something else listens there); {fix}")
-
-
-# The project's packages: shipped to every node when attaching to a cluster (`code_runtime_env`).
-CODE_PACKAGES = ("harness", "kernels", "search_spaces", "trainers")
 
 
 def code_runtime_env() -> dict[str, Any]:

@@ -159,6 +159,19 @@ def test_attaching_ships_the_project_packages():
     assert all((m / "__init__.py").is_file() for m in modules)
 
 
+def test_only_changed_code_makes_a_checkout_dirty():
+    """Tracked changes anywhere, or a new file in a code package; not a stray log or a results
+    folder (rows of a clean checkout were tagged -dirty because of an untracked log file)."""
+    from harness.provenance import is_dirty
+
+    assert not is_dirty("")
+    assert not is_dirty("?? run.log\n?? results/smoke/\n?? notes.ipynb\n")
+    assert is_dirty("?? run.log\n?? harness/new_module.py\n")
+    assert is_dirty("?? kernels/\n")
+    assert is_dirty(" M experiments/smoke.toml\n")  # a tracked file, even outside the code
+    assert is_dirty("A  README.md\n")
+
+
 def test_code_version_is_the_checkout_sha_or_empty(tmp_path, monkeypatch):
     import re
 
