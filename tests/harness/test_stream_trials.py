@@ -289,6 +289,7 @@ def test_ctrl_c_while_only_searches_run_stops_them_and_raises_at_once(tmp_path, 
     """The main thread waits for the next trials in short polls, so Ctrl-C is heard while a
     long search runs and no trial does (Tune's own wait there ignored it for up to 600 s)."""
     import _thread
+    import signal
 
     from harness.trials import stream_trials
 
@@ -300,10 +301,16 @@ def test_ctrl_c_while_only_searches_run_stops_them_and_raises_at_once(tmp_path, 
             asked_to_stop.set()
         raise SearchInterrupted("stopped")
 
-    started = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        stream_trials(stream_config(tmp_path / "stream"), long_search, verbose=0)
-    assert asked_to_stop.is_set() and time.monotonic() - started < 30
+    # Python's own Ctrl-C handler, as in a terminal (a background job may start with SIGINT
+    # ignored, and then interrupt_main does nothing)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            stream_trials(stream_config(tmp_path / "stream"), long_search, verbose=0)
+        assert asked_to_stop.is_set() and time.monotonic() - started < 30
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.mark.slow
