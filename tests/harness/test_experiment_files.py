@@ -33,8 +33,10 @@ FILES = {
     # Its paper methods are ablation_omniglot's (same settings, run above); of its proxy methods,
     # a label-based gradient proxy and a size proxy run here (every proxy method searches
     # through the same code: tests/harness/test_proxy_methods.py).
+    # one of its proxy methods (the others: tests/harness/test_proxy_methods.py); its paper
+    # methods are ablation_omniglot's
     "proxy_ablation_omniglot": (True, ["search.seeds=[0]", "dataset.image_size=16",
-                                       'search.methods=["snip+regions", "params+regions"]'], 2),
+                                       'search.methods=["snip+regions"]'], 1),
 }
 
 
