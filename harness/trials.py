@@ -18,8 +18,9 @@ checkpoint carries the model file and its rows; the driver writes them
 Trials stream: `metantk-nas run` hands each searched cell's trials to Tune as soon as its
 search ends (`stream_trials`, with `harness.trial_stream`), into a Tune experiment whose
 search algorithm is fed by the searches (a new experiment whenever trials arrive while none
-runs); `run_trials` then restores whatever an interrupted earlier experiment holds. `run_trials` alone (one grid over the trial labels) serves `train`,
-the proxy study and `run_experiment(stream=False)`.
+runs); `run_trials` then restores whatever an interrupted earlier experiment holds.
+`run_trials` alone (one grid over the trial labels) serves `train`, the proxy study and
+`run_experiment(stream=False)`.
 
 Only `ray.tune.*` APIs are used inside the trainable (ray 2.60); its work is
 `train_and_evaluate`, which runs without Tune (and is tested so).
