@@ -121,17 +121,25 @@ def share_search_data(cfg: ExperimentConfig) -> Any:
     return ray.put(load_shared(score_data_key(spec_from_config(cfg, c)) for c in cfg.search.cells))
 
 
+@contextlib.contextmanager
+def search_pool(cfg: ExperimentConfig) -> Iterator[Any]:
+    """The scorer pool of the config's searches (`start_pool`), or None when no method scores
+    candidates; shut down on the way out (a no-op if it was released earlier)."""
+    pool = start_pool(cfg) if any(m in PRUNING_METHODS for m in cfg.search.methods) else None
+    try:
+        yield pool
+    finally:
+        if pool is not None:
+            pool.shutdown()
+
+
 def search_stage(cfg: ExperimentConfig, *, resume: bool, progress: bool) -> list[dict]:
     """Every search of the config (`harness.search.run_searches`); `searches` rows. A scorer
     pool is started only when a method scores candidates."""
     from harness.search import run_searches
 
-    pool = start_pool(cfg) if any(m in PRUNING_METHODS for m in cfg.search.methods) else None
-    try:
+    with search_pool(cfg) as pool:
         return run_searches(cfg, pool, resume=resume, progress=progress)
-    finally:
-        if pool is not None:
-            pool.shutdown()
 
 
 def streamed_stage(cfg: ExperimentConfig, *, progress: bool) -> list[dict]:
@@ -141,17 +149,12 @@ def streamed_stage(cfg: ExperimentConfig, *, progress: bool) -> list[dict]:
     from harness.search import run_searches
     from harness.trials import stream_trials
 
-    pool = start_pool(cfg) if any(m in PRUNING_METHODS for m in cfg.search.methods) else None
+    with search_pool(cfg) as pool:
+        def search(on_done: Any, stop: Any) -> list[dict]:
+            return run_searches(cfg, pool, resume=True, progress=progress, on_done=on_done, stop=stop)
 
-    def search(on_done: Any, stop: Any) -> list[dict]:
-        return run_searches(cfg, pool, resume=True, progress=progress, on_done=on_done, stop=stop)
-
-    try:
         return stream_trials(cfg, search, verbose=1 if progress else 0,
                              release=None if pool is None else pool.shutdown)
-    finally:
-        if pool is not None:
-            pool.shutdown()  # a no-op when the searches ended (and released it) first
 
 
 def proxy_stage(cfg: ExperimentConfig, searches: Sequence[Mapping[str, Any]], *, progress: bool,

@@ -444,7 +444,8 @@ def run_trial(config: dict[str, Any], specs: dict[str, dict[str, Any]],
     epoch with its checkpoint and the final metrics with the outputs.
 
     `config["trial"]` is the trial's label; `specs` maps labels to `TrialSpec.to_dict()` (a
-    trial streamed as its search ended carries its own in `config["spec"]`), `episode_lists` is `load_episode_lists` and `data` the training and evaluation splits
+    trial streamed as its search ended carries its own in `config["spec"]`), `episode_lists`
+    is `load_episode_lists` and `data` the training and evaluation splits
     (`harness.shared_data.load_shared`; None: read from the dataset root), all bound with
     `tune.with_parameters`, so they travel through Ray's object store and stay out of Tune's
     printed configs.

@@ -98,8 +98,6 @@ def forget_tune_experiments(results_dir: Path, names: list[str]) -> None:
     write_tune_records(results_dir, [r for r in records if r["name"] not in set(names)])
 
 
-
-
 def recorded_trial_ids(results_dir: Path, storage: str) -> set[str]:
     """Ids of every trial a recorded Tune experiment on `storage` holds: those are restored
     (`tune_runs`), never handed to a new experiment."""
